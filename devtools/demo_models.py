@@ -1,0 +1,77 @@
+"""Small random-weight models in real formats, for tests and `make demo`.
+
+Each writer builds the model with ComfyUI's own class (or the pack's SeedVR classes) at a
+small size, with a fixed seed, and saves a real safetensors file that ComfyUI's native
+loaders detect. `ensure_models(models_dir)` writes what is missing and returns the names.
+Register a new writer in WRITERS: (ComfyUI model folder, file name) -> function(path).
+"""
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save_file
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_WAN = "tiny_wan_t2v.safetensors"
+
+
+def comfy_on_path() -> None:
+    """Make `comfy` importable in this process (cpu mode when there is no GPU)."""
+    if str(REPO / "utils") not in sys.path:
+        sys.path.insert(0, str(REPO / "utils"))
+    import pack_alias
+
+    pack_alias.register()
+    from comfyui_parallel.models.comfy_runtime import ensure_comfy
+
+    ensure_comfy()
+
+
+def random_init_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """Deterministic random weights (ComfyUI's ops leave parameters uninitialised)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in sorted(module.state_dict(keep_vars=True).items()):
+            if tensor.is_floating_point():
+                if name.endswith("norm.weight") or ".norm" in name and name.endswith("weight"):
+                    tensor.copy_(1.0 + 0.1 * torch.randn(tensor.shape, generator=generator))
+                else:
+                    tensor.copy_(scale * torch.randn(tensor.shape, generator=generator))
+    return module
+
+
+def tiny_wan_state_dict(dim: int = 128, num_layers: int = 2, seed: int = 0, **overrides) -> dict:
+    """A Wan 2.1 T2V state dict ComfyUI detects as Wan: dim 128 (one head of 128), text_dim 4096."""
+    comfy_on_path()
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+
+    config = dict(model_type="t2v", dim=dim, ffn_dim=2 * dim, num_heads=dim // 128, num_layers=num_layers,
+                  text_dim=4096, in_dim=16, out_dim=16, freq_dim=256, operations=comfy.ops.disable_weight_init)
+    config.update(overrides)
+    model = random_init_(WanModel(**config), seed)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def write_tiny_wan(path: Path) -> None:
+    save_file(tiny_wan_state_dict(), str(path))
+
+
+WRITERS: dict[tuple[str, str], Callable[[Path], None]] = {
+    ("diffusion_models", TINY_WAN): write_tiny_wan,
+}
+
+
+def ensure_models(models_dir: Path) -> list[Path]:
+    """Write every registered model missing from models_dir; return all their paths."""
+    paths = []
+    for (folder, name), writer in WRITERS.items():
+        path = Path(models_dir) / folder / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            writer(tmp)
+            tmp.replace(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,41 @@
+"""A real ComfyUI server, started once for the end-to-end tests, with the pack installed."""
+import os
+import shutil
+
+import psutil
+import pytest
+
+from devtools.comfy_server import ComfyServer
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, models_cache):
+    base = tmp_path_factory.mktemp("comfy-base")
+    (base / "models").symlink_to(models_cache, target_is_directory=True)
+    server = ComfyServer(base, env={"OMP_NUM_THREADS": "2"}).start()
+    yield server
+    server_pid = server.process.pid
+    children = [p.pid for p in server.descendants()]
+    left = server.stop()
+    assert left == [], f"processes left behind: {left}"
+    for pid in [server_pid, *children]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.fixture
+def server(comfy_server):
+    """The shared server, checked alive and with an empty queue before each test."""
+    assert comfy_server.process.poll() is None, comfy_server.log_tail()
+    comfy_server.get("/queue")
+    return comfy_server
+
+
+@pytest.fixture
+def input_dir(comfy_server):
+    path = comfy_server.base_dir / "input"
+    yield path
+    for item in path.iterdir():
+        if item.is_file() and item.name.startswith("test_"):
+            item.unlink()
+        elif item.is_dir() and item.name.startswith("test_"):
+            shutil.rmtree(item)
