@@ -1,0 +1,210 @@
+"""Block offloading with prefetch: run a model whose blocks do not all fit on the compute device.
+
+The last `blocks_to_swap` blocks of a block list live on the offload device (host memory,
+page-locked when asked). A forward pre-hook on block i issues the copies of the swapped blocks
+among i..i+prefetch_blocks that are not on their way yet (on a CUDA side stream, ordered by
+events), then points block i's parameters at its device copy; a forward hook points them back
+at the host tensors, which drops the device copy. Weights are read-only during inference, so
+nothing is copied back and the host keeps exactly one copy of the weights.
+
+Every copy goes through `transfer`; on the CPU it returns the tensor itself, so the same code
+runs with no-op copies and tests prove the schedule by spying on `transfer` and the ledger.
+"""
+from dataclasses import dataclass, field
+from functools import partial
+from weakref import WeakKeyDictionary
+
+import torch
+from torch import nn
+
+from ..utils.errors import InputError
+from .ledger import ResidentLedger, swapped_indices
+from .streams import CopyStream, pin
+
+_ACTIVE: "WeakKeyDictionary[nn.ModuleList, BlockOffloader]" = WeakKeyDictionary()
+
+
+def transfer(tensor: torch.Tensor, device: torch.device, non_blocking: bool = False) -> torch.Tensor:
+    """The one place where offloading copies a tensor between devices."""
+    return tensor.to(device, non_blocking=non_blocking)
+
+
+@dataclass
+class OffloadConfig:
+    """How to offload a block list. Only the last `blocks_to_swap` blocks are swapped."""
+
+    blocks_to_swap: int
+    prefetch_blocks: int = 1
+    pin_memory: bool = False
+    offload_device: str | torch.device = "cpu"
+    compute_device: str | torch.device = "cpu"
+
+    def check(self, num_blocks: int) -> None:
+        """Raise InputError naming the bad field and its allowed values."""
+        if not 0 <= self.blocks_to_swap <= num_blocks:
+            raise InputError("blocks_to_swap", f"{self.blocks_to_swap} for a model of {num_blocks} blocks",
+                             f"0..{num_blocks}")
+        if self.prefetch_blocks < 0:
+            raise InputError("prefetch_blocks", f"{self.prefetch_blocks} is negative", "0 or more")
+        if torch.device(self.offload_device).type != "cpu":
+            raise InputError("offload_device", f"{self.offload_device!r} is not host memory", "cpu")
+
+
+@dataclass
+class _Fetched:
+    """A swapped block's device copies, ready after `event`, and the host tensors they mirror."""
+
+    hosts: list
+    copies: list
+    event: object
+    nbytes: int
+    active: bool = False
+
+
+@dataclass
+class _BlockSlots:
+    """Where a block keeps its tensors: (module, name, is_parameter) for each parameter/buffer."""
+
+    slots: list = field(default_factory=list)
+    nbytes: int = 0
+
+    @classmethod
+    def of(cls, block: nn.Module) -> "_BlockSlots":
+        found = cls()
+        for module in block.modules():
+            for is_param, table in ((True, module._parameters), (False, module._buffers)):
+                for name, tensor in table.items():
+                    if tensor is not None:
+                        found.slots.append((module, name, is_param))
+                        found.nbytes += tensor.numel() * tensor.element_size()
+        return found
+
+    def tensors(self) -> list:
+        return [(module._parameters if is_param else module._buffers)[name] for module, name, is_param in self.slots]
+
+    def point_to(self, tensors: list) -> None:
+        """Make the block's parameters and buffers use `tensors` (same order as the slots)."""
+        for (module, name, is_param), tensor in zip(self.slots, tensors):
+            if is_param:
+                param = module._parameters[name]
+                if param.data is not tensor:
+                    param.data = tensor
+            else:
+                module._buffers[name] = tensor
+
+
+class BlockOffloader:
+    """The hooks and state of one offloaded block list; `disable()` undoes everything."""
+
+    def __init__(self, blocks: nn.ModuleList, config: OffloadConfig, ledger: ResidentLedger | None = None):
+        self.blocks = blocks
+        self.config = config
+        self.compute_device = torch.device(config.compute_device)
+        self.offload_device = torch.device(config.offload_device)
+        self.swapped = swapped_indices(len(blocks), config.blocks_to_swap)
+        self.slots = [_BlockSlots.of(block) for block in blocks]
+        self.ledger = ledger if ledger is not None else ResidentLedger()
+        self.stream = CopyStream(self.compute_device)
+        self.fetched: dict[int, _Fetched] = {}
+        self.handles = []
+        self.is_swapped = set(self.swapped)
+        self.upcoming = [[j for j in range(i, min(len(blocks), i + config.prefetch_blocks + 1)) if j in self.is_swapped]
+                         for i in range(len(blocks))]
+
+    def attach(self) -> None:
+        """Place the blocks and register the hooks of the swapped schedule."""
+        for index, slots in enumerate(self.slots):
+            if index in self.is_swapped:
+                self._place(slots, self.offload_device, self.config.pin_memory)
+            else:
+                self._place(slots, self.compute_device, False)
+        self.ledger.set_resident_blocks(sum(s.nbytes for i, s in enumerate(self.slots) if i not in self.is_swapped))
+        if not self.swapped:
+            return
+        first = self.swapped[0] - self.config.prefetch_blocks
+        for index in range(max(0, first), len(self.blocks)):
+            block = self.blocks[index]
+            self.handles.append(block.register_forward_pre_hook(partial(self._before, index), with_kwargs=True))
+            if index in self.is_swapped:
+                self.handles.append(block.register_forward_hook(partial(self._after, index)))
+
+    def _place(self, slots: _BlockSlots, device: torch.device, pinned: bool) -> None:
+        moved = []
+        for tensor in slots.tensors():
+            target = tensor.data if isinstance(tensor, nn.Parameter) else tensor
+            if target.device != device:
+                target = transfer(target, device)
+            moved.append(pin(target, self.compute_device) if pinned else target)
+        slots.point_to(moved)
+
+    def _before(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.is_grad_enabled() and index in self.is_swapped:
+            _refuse_gradients(module, args, kwargs)
+        for upcoming in self.upcoming[index]:
+            if upcoming not in self.fetched:
+                self._fetch(upcoming)
+        fetched = self.fetched.get(index)
+        if fetched is not None and not fetched.active:
+            self.stream.wait(fetched.event, fetched.copies)
+            self.slots[index].point_to(fetched.copies)
+            fetched.active = True
+
+    def _fetch(self, index: int) -> None:
+        slots = self.slots[index]
+        hosts = [tensor.data if isinstance(tensor, nn.Parameter) else tensor for tensor in slots.tensors()]
+        with self.stream.copying():
+            copies = [transfer(host, self.compute_device, non_blocking=True) for host in hosts]
+        self.fetched[index] = _Fetched(hosts, copies, self.stream.record(), slots.nbytes)
+        self.ledger.fetch(index, slots.nbytes)
+
+    def _after(self, index: int, module: nn.Module, args: tuple, output) -> None:
+        self._release(index)
+
+    def _release(self, index: int) -> None:
+        fetched = self.fetched.pop(index, None)
+        if fetched is None:
+            return
+        if fetched.active:
+            self.slots[index].point_to(fetched.hosts)
+        self.ledger.release(index, fetched.nbytes)
+
+    def disable(self) -> None:
+        """Remove the hooks and release every block still on the compute device."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        for index in list(self.fetched):
+            self._release(index)
+        if _ACTIVE.get(self.blocks) is self:
+            del _ACTIVE[self.blocks]
+
+
+def _refuse_gradients(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Offloaded weights are swapped back after each block, which autograd cannot follow."""
+    inputs = [*args, *kwargs.values()]
+    needs_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+    if needs_grad or any(p.requires_grad for p in module.parameters()):
+        raise InputError("blocks_to_swap", "offloaded blocks run for inference only, but this forward records "
+                         "gradients", "0 when training (gradient checkpointing works without offloading)")
+
+
+def enable_offload(blocks: nn.ModuleList, config: OffloadConfig, ledger: ResidentLedger | None = None) -> BlockOffloader:
+    """Offload `blocks` as `config` says (replacing any earlier offloading of the same list)."""
+    config.check(len(blocks))
+    disable_offload(blocks)
+    offloader = BlockOffloader(blocks, config, ledger)
+    offloader.attach()
+    _ACTIVE[blocks] = offloader
+    return offloader
+
+
+def disable_offload(blocks: nn.ModuleList) -> None:
+    """Undo `enable_offload` on `blocks` (no-op when not offloaded). Blocks stay where they are."""
+    offloader = _ACTIVE.get(blocks)
+    if offloader is not None:
+        offloader.disable()
+
+
+def active_offloader(blocks: nn.ModuleList) -> BlockOffloader | None:
+    """The offloader currently attached to `blocks`, if any."""
+    return _ACTIVE.get(blocks)
