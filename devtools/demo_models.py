@@ -75,3 +75,21 @@ def ensure_models(models_dir: Path) -> list[Path]:
             tmp.replace(path)
         paths.append(path)
     return paths
+
+
+def _sd15_writer(name: str) -> Callable[[Path], None]:
+    """A writer from devtools/demo_sd15.py (tiny SD1.x checkpoint, LoRA, DoRA), imported on first use."""
+    def write(path: Path) -> None:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from devtools import demo_sd15
+
+        getattr(demo_sd15, name)(path)
+    return write
+
+
+WRITERS.update({
+    ("checkpoints", "tiny_sd15.safetensors"): _sd15_writer("write_tiny_sd15"),
+    ("loras", "tiny_sd15_lora.safetensors"): _sd15_writer("write_tiny_lora"),
+    ("loras", "tiny_sd15_dora.safetensors"): _sd15_writer("write_tiny_dora"),
+})
