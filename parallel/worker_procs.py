@@ -1,0 +1,255 @@
+"""The caller's side of one running worker group: processes, channels, rendezvous, reader.
+
+`Session` is everything one `WorkerGroup.start()` creates and `close()` ends: the command
+channel listener, the rendezvous store, the local worker processes, one authenticated channel
+per rank and a reader thread that turns incoming messages (and lost connections) into a
+queue the call loop consumes. Kept apart from launch.py so that file holds the public API.
+"""
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from multiprocessing.connection import Listener, wait
+from pathlib import Path
+
+import psutil
+
+from ..utils.errors import WorkerError
+from .worker_runtime import Channel, decode
+
+WORKER_MAIN = Path(__file__).resolve().parent / "worker_main.py"
+CLOSE_WAIT_S = 5.0
+
+
+def loopback_interface() -> str | None:
+    """The network interface holding 127.0.0.1 ('lo' on Linux), to keep gloo / nccl local."""
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(address.address == "127.0.0.1" for address in addresses):
+            return name
+    return None
+
+
+def describe_exit(returncode: int | None) -> str:
+    """'killed by signal SIGKILL' / 'exited with code 1' / 'lost its connection'."""
+    if returncode is None:
+        return "lost its connection"
+    if returncode < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class Session:
+    """Resources of one started group. `shutdown()` is idempotent and safe at exit."""
+
+    def __init__(self, world_size: int, control: tuple[str, int], authkey: bytes):
+        self.world_size = world_size
+        self.listener = Listener(control, authkey=authkey)
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.channels: dict[int, Channel] = {}
+        self.hellos: dict[int, dict] = {}
+        self.last_seen: dict[int, float] = {}
+        self.messages: queue.Queue = queue.Queue()
+        self.store = None
+        self.store_dir: str | None = None
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._accepted: queue.Queue = queue.Queue()
+        self._accepting = threading.Event()
+        self._accepting.set()
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
+        self._acceptor.start()
+
+    @property
+    def control_address(self) -> tuple[str, int]:
+        return self.listener.address
+
+    def make_store(self, master_addr: str, master_port: int, use_tcp: bool) -> dict:
+        """The rendezvous: a TCPStore for multi-machine groups, else a FileStore.
+
+        torch's TCPStore listens on every interface whatever host it is given, so a group
+        that stays on this machine uses a file in a private temporary folder instead.
+        Returns the environment variables that point workers at it.
+        """
+        import torch.distributed as dist
+
+        if use_tcp:
+            self.store = dist.TCPStore(master_addr, master_port, None, True,
+                                       timeout=timedelta(seconds=60), wait_for_workers=False)
+            return {"MASTER_ADDR": master_addr, "MASTER_PORT": str(self.store.port)}
+        self.store_dir = tempfile.mkdtemp(prefix="comfyui_parallel_")
+        path = os.path.join(self.store_dir, "rendezvous")
+        return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0", "COMFYUI_PARALLEL_STORE": path}
+
+    def spawn(self, rank: int, env: dict) -> None:
+        """Start a local worker from its own entry point (not multiprocessing: see DESIGN.md)."""
+        self.procs[rank] = subprocess.Popen([sys.executable, str(WORKER_MAIN)], env=env, stdin=subprocess.DEVNULL)
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn = self.listener.accept()
+            except Exception:  # closed, or a client with the wrong key: refused
+                if self._accepting.is_set():
+                    continue
+                return
+            if not self._accepting.is_set():
+                conn.close()
+                return
+            self._accepted.put(conn)
+
+    def wait_started(self, timeout_s: float) -> None:
+        """Wait for every rank's hello and ready; raise WorkerError on a death, failure or timeout."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.channels) < self.world_size:
+            self.check_processes()
+            self._check_deadline(deadline, "did not connect")
+            try:
+                conn = self._accepted.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            channel = Channel(conn)
+            hello = channel.recv() if conn.poll(timeout_s) else None
+            if not hello or hello.get("op") != "hello" or hello["rank"] in self.channels:
+                channel.close()
+                continue
+            self.channels[hello["rank"]] = channel
+            self.hellos[hello["rank"]] = hello
+        self._stop_accepting()
+        self._start_reader()
+        ready = set()
+        while len(ready) < self.world_size:
+            self._check_deadline(deadline, "did not join the process group")
+            item = self.next_message(0.1, heartbeat_timeout_s=None)
+            if item and item[1]["op"] == "ready":
+                ready.add(item[0])
+
+    def _stop_accepting(self) -> None:
+        """Stop the accept thread (a blocked accept() is woken by a last connection), close."""
+        if self._accepting.is_set():
+            self._accepting.clear()
+            try:
+                socket.create_connection(self.listener.address, timeout=1.0).close()
+            except OSError:
+                pass
+            self._acceptor.join(timeout=2.0)
+        self.listener.close()
+        while not self._accepted.empty():
+            self._accepted.get().close()
+
+    def _check_deadline(self, deadline: float, what: str) -> None:
+        if time.monotonic() > deadline:
+            missing = sorted(set(range(self.world_size)) - set(self.channels))
+            rank = missing[0] if missing else 0
+            raise WorkerError(rank, f"{what} within the start timeout (ranks missing: {missing or 'none'})")
+
+    def _start_reader(self) -> None:
+        now = time.monotonic()
+        self.last_seen = {rank: now for rank in self.channels}
+        self._reader = threading.Thread(target=self._read_loop, daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        """Reader thread: every message (and every lost connection) into `messages`."""
+        ranks = {channel.conn: rank for rank, channel in self.channels.items()}
+        while ranks and not self._stop.is_set():
+            for conn in wait(list(ranks), timeout=0.2):
+                rank = ranks[conn]
+                try:
+                    message = decode(conn.recv_bytes())
+                except (EOFError, OSError):
+                    del ranks[conn]
+                    self.messages.put((rank, {"op": "dead"}))
+                    continue
+                self.last_seen[rank] = time.monotonic()
+                if message["op"] != "heartbeat":
+                    self.messages.put((rank, message))
+
+    def next_message(self, timeout: float, heartbeat_timeout_s: float | None):
+        """(rank, message) or None; raises WorkerError for a dead, failed or silent worker."""
+        self.check_processes()
+        if heartbeat_timeout_s is not None:
+            self._check_heartbeats(heartbeat_timeout_s)
+        try:
+            rank, message = self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if message["op"] == "dead":
+            raise WorkerError(rank, f"worker process {self.describe_rank(rank)}")
+        if message["op"] == "fatal":
+            raise WorkerError(rank, f"failed to start: {message['message']}", message["traceback"])
+        return rank, message
+
+    def describe_rank(self, rank: int) -> str:
+        """'(pid 123) was killed by signal SIGKILL' for a local rank; remote: lost connection."""
+        proc = self.procs.get(rank)
+        if proc is None:
+            return "on another machine lost its connection"
+        try:
+            returncode = proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        return f"(pid {proc.pid}) {describe_exit(returncode)}"
+
+    def check_processes(self) -> None:
+        for rank, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise WorkerError(rank, f"worker process {self.describe_rank(rank)}")
+
+    def _check_heartbeats(self, timeout_s: float) -> None:
+        now = time.monotonic()
+        for rank, seen in self.last_seen.items():
+            if now - seen > timeout_s:
+                raise WorkerError(rank, f"no heartbeat for {now - seen:.0f} s (the worker or its machine hangs)")
+
+    def send(self, rank: int, message: dict) -> None:
+        try:
+            self.channels[rank].send(message)
+        except (OSError, ValueError) as exc:
+            raise WorkerError(rank, f"cannot reach the worker: {exc}") from exc
+
+    def broadcast(self, message: dict) -> None:
+        """Send to every rank, ignoring ranks already gone."""
+        for channel in list(self.channels.values()):
+            try:
+                channel.send(message)
+            except (OSError, ValueError):
+                pass
+
+    def alive(self) -> bool:
+        return all(proc.poll() is None for proc in self.procs.values())
+
+    def shutdown(self, graceful: bool = True) -> None:
+        """End every child: ask, then terminate, then kill; free channel, store and files."""
+        if graceful:
+            self.broadcast({"op": "close"})
+        deadline = time.monotonic() + (CLOSE_WAIT_S if graceful else 0.0)
+        for proc in self.procs.values():
+            _end_process(proc, deadline)
+        self._stop.set()
+        self._stop_accepting()
+        for channel in self.channels.values():
+            channel.close()
+        self.store = None
+        if self.store_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+
+
+def _end_process(proc: subprocess.Popen, deadline: float) -> None:
+    for stop in (None, proc.terminate, proc.kill):
+        if stop is not None and proc.poll() is None:
+            stop()
+        try:
+            proc.wait(timeout=max(0.05, deadline - time.monotonic()) if stop is None else 2.0)
+            return
+        except subprocess.TimeoutExpired:
+            continue
