@@ -1,0 +1,186 @@
+"""ComfyUI integration of the Multi-GPU modes: a ModelPatcher that places a model over devices.
+
+ComfyUI's model management moves weights only through a patcher's `load`, `unpatch_model`,
+`partially_unload` / `partially_load` and `detach`, and sizes memory through `model_size` and
+`loaded_size`. `MultiGPUPatcherMixin` takes over exactly there (no global monkeypatching):
+
+- block_distribution: the transformer blocks are left out of ComfyUI's own load list; `load`
+  places them with `parallel.placement.distribute_blocks` on their planned devices (each
+  block moves once, straight to its device) and applies LoRA patches to each block on its
+  device; the rest of the model (embeddings, head) is loaded by ComfyUI's own code. ComfyUI
+  sees only the main device's share as the model's size, so it never pulls the blocks back.
+- distributed: the blocks stay on the offload device (workers compute them from shared
+  memory); only embeddings and head are loaded on the main device.
+- none / data_parallel: ComfyUI's own loading on the main device; data_parallel replicates
+  the loaded model per call through a diffusion-model wrapper (models/multi_gpu_runners).
+
+The mixin is combined with whatever patcher class the MODEL already has (GGUF's, ...), and
+ModelPatcher.clone() keeps the class, so LoRA loaders applied after still keep the placement.
+"""
+import logging
+import uuid
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from ..parallel.devices import free_bytes, storage_device
+from ..parallel.placement import distribute_blocks
+from ..parallel.plan import module_bytes, plan_blocks
+from .wan import block_index_of, wan_blocks
+
+MANAGED_MODES = ("block_distribution", "distributed")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MultiGPUSettings:
+    """A resolved parallelism choice (never 'auto') for one MODEL."""
+
+    parallelism_type: str
+    devices: tuple[torch.device, ...]
+    memory_reserve_bytes: int = 0
+    offload_after_run: bool = False
+    reason: str = ""
+
+    @property
+    def main_device(self) -> torch.device:
+        """Where ComfyUI loads the model and feeds its inputs: the first device (simulated cpu:N -> cpu)."""
+        return storage_device(self.devices[0])
+
+
+@dataclass
+class Placement:
+    """The block placement of one BaseModel (shared by all its patcher clones, like its weights)."""
+
+    assignment: list[int]
+    device_bytes: list[int]
+    distribution: object = None
+    history: list = field(default_factory=list)  # (block index, device) per placement, for tests
+
+
+_PLACEMENTS: "weakref.WeakKeyDictionary[torch.nn.Module, Placement]" = weakref.WeakKeyDictionary()
+
+
+def placement_of(base_model: torch.nn.Module) -> Placement | None:
+    """The current block placement of a BaseModel, None when its blocks are not distributed."""
+    return _PLACEMENTS.get(base_model)
+
+
+class MultiGPUPatcherMixin:
+    """Overrides of ModelPatcher's loading entry points; see the module docstring."""
+
+    multi_gpu: MultiGPUSettings
+
+    def clone(self):
+        clone = super().clone()
+        clone.multi_gpu = self.multi_gpu
+        return clone
+
+    def _mode(self) -> str:
+        return self.multi_gpu.parallelism_type
+
+    def _manages_blocks(self) -> bool:
+        return self._mode() in MANAGED_MODES
+
+    def _load_list(self):
+        loading = super()._load_list()
+        if not self._manages_blocks():
+            return loading
+        return [item for item in loading if block_index_of(item[2]) is None]
+
+    def _plan(self) -> Placement:
+        """This model's placement: reused while it lasts, else planned from free memory now."""
+        current = _PLACEMENTS.get(self.model)
+        if current is not None:
+            return current
+        blocks = wan_blocks(self.model.diffusion_model)
+        sizes = [module_bytes(b) for b in blocks]
+        reserve = self.multi_gpu.memory_reserve_bytes
+        capacities = [max(free_bytes(d) - reserve, 0) for d in self.multi_gpu.devices]
+        rest = module_bytes(self.model) - sum(sizes)
+        plan = plan_blocks(sizes, capacities, first_device_extra=rest)
+        placement = Placement(plan.assignment, plan.device_bytes)
+        _PLACEMENTS[self.model] = placement
+        return placement
+
+    def model_size(self):
+        if not self._manages_blocks():
+            return super().model_size()
+        blocks = wan_blocks(self.model.diffusion_model)
+        rest = module_bytes(self.model) - sum(module_bytes(b) for b in blocks)
+        if self._mode() == "distributed":
+            return rest
+        placement = self._plan()
+        return rest + sum(module_bytes(b) for b, d in zip(blocks, placement.assignment) if d == 0)
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        if not self._manages_blocks():
+            return super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
+        with self.use_ejected():
+            on_main = self._place_blocks(device_to)
+            budget = 1e32 if full_load or lowvram_model_memory <= 0 else lowvram_model_memory
+            # full_load=False: ComfyUI's full load ends with model.to(device), which would pull the blocks back
+            super().load(device_to, lowvram_model_memory=budget, force_patch_weights=force_patch_weights,
+                         full_load=False)
+            self.model.model_loaded_weight_memory += on_main
+
+    def _place_blocks(self, device_to) -> int:
+        """Put the blocks where the mode wants them and apply LoRA patches there; bytes left on device_to."""
+        blocks = wan_blocks(self.model.diffusion_model)
+        if self._mode() == "block_distribution":
+            placement = self._plan()
+            if placement.distribution is None:
+                devices = list(self.multi_gpu.devices)
+                placement.distribution = distribute_blocks(blocks, devices, placement.assignment, device_to)
+                placement.history.extend(enumerate(placement.distribution.block_devices))
+                log.info("block_distribution:\n%s", placement.distribution.describe())
+            block_devices = placement.distribution.block_devices
+        else:
+            block_devices = [None] * len(blocks)
+        for index, (block, device) in enumerate(zip(blocks, block_devices)):
+            self._patch_block(index, block, device)
+        if self._mode() == "distributed":
+            return 0
+        return sum(module_bytes(b) for b, a in zip(blocks, self._plan().assignment) if a == 0)
+
+    def _patch_block(self, index: int, block: torch.nn.Module, device) -> None:
+        """Apply this patcher's weight patches (LoRA) to one block, on the block's own device, once."""
+        if getattr(block, "comfy_patched_weights", False):
+            return
+        target = storage_device(device) if device is not None else None
+        for key in [k for k in self.patches if block_index_of(k) == index]:
+            self.unpin_weight(key)
+            self.patch_weight_to_device(key, device_to=target)
+        block.comfy_patched_weights = True
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        if unpatch_weights and self._manages_blocks():
+            placement = _PLACEMENTS.pop(self.model, None)
+            if placement is not None and placement.distribution is not None:
+                placement.distribution.undo()
+            for block in wan_blocks(self.model.diffusion_model):
+                block.__dict__.pop("comfy_patched_weights", None)
+        return super().unpatch_model(device_to, unpatch_weights)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def multi_gpu_class(patcher_class: type) -> type:
+    """`patcher_class` with the Multi-GPU overrides on top (one subclass per class, reused)."""
+    if issubclass(patcher_class, MultiGPUPatcherMixin):
+        return patcher_class
+    if patcher_class not in _CLASSES:
+        _CLASSES[patcher_class] = type(f"MultiGPU{patcher_class.__name__}", (MultiGPUPatcherMixin, patcher_class), {})
+    return _CLASSES[patcher_class]
+
+
+def as_multi_gpu(model_patcher, settings: MultiGPUSettings):
+    """A clone of `model_patcher` that loads according to `settings` (the input is left untouched)."""
+    clone = model_patcher.clone()
+    clone.__class__ = multi_gpu_class(type(model_patcher))
+    clone.multi_gpu = settings
+    clone.load_device = settings.main_device
+    clone.patches_uuid = uuid.uuid4()  # weights loaded under other settings are re-placed, not reused
+    return clone

@@ -1,0 +1,112 @@
+"""The Multi-GPU nodes' options turned into one checked MultiGPUSettings, and applied to a MODEL.
+
+Every refusal is an InputError naming the input and what is allowed: an unknown mode,
+gpu_ids naming devices the machine lacks, data_parallel / distributed with one device,
+block_distribution or distributed on a model that is not Wan, fp8 weights on the CPU.
+`auto` takes the recommendation GPUStatus prints (parallel.plan.recommend).
+"""
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..parallel.devices import free_bytes, parse_gpu_ids
+from ..parallel.plan import GIB, recommend
+from ..utils.errors import InputError
+from .multi_gpu_patcher import MultiGPUSettings, as_multi_gpu
+from .multi_gpu_runners import attach_runners
+from .wan import is_wan, require_wan
+
+MODES = ("auto", "none", "data_parallel", "block_distribution", "distributed")
+LOAD_DEVICES = ("main_device", "offload_device")
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+              "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+MULTI_DEVICE_MODES = ("data_parallel", "distributed")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MultiGPURequest:
+    """The parallelism options as the nodes receive them."""
+
+    parallelism_type: str = "auto"
+    gpu_ids: str = "0,1"
+    enable_block_distribution: bool = False
+    memory_reserve_gb: float = 0.0
+    load_device: str = "main_device"
+
+
+def check_choice(input_name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise InputError(input_name, f"'{value}' is not an option", ", ".join(allowed))
+
+
+def requested_mode(request: MultiGPURequest) -> str:
+    """parallelism_type, with the guide's enable_block_distribution=true meaning block_distribution."""
+    check_choice("parallelism_type", request.parallelism_type, MODES)
+    check_choice("load_device", request.load_device, LOAD_DEVICES)
+    if not request.enable_block_distribution:
+        return request.parallelism_type
+    if request.parallelism_type not in ("auto", "block_distribution"):
+        raise InputError("enable_block_distribution",
+                         f"true asks for block_distribution but parallelism_type is '{request.parallelism_type}'",
+                         "false, or parallelism_type auto / block_distribution")
+    return "block_distribution"
+
+
+def reserve_bytes(request: MultiGPURequest) -> int:
+    if request.memory_reserve_gb < 0:
+        raise InputError("memory_reserve_gb", f"{request.memory_reserve_gb} is negative", "0 or more GiB")
+    return int(request.memory_reserve_gb * GIB)
+
+
+def check_precision(base_precision: str, devices: list[torch.device]) -> torch.dtype:
+    """The weight dtype; fp8 needs CUDA devices (the CPU has no fp8 kernels)."""
+    check_choice("base_precision", base_precision, list(PRECISIONS))
+    if base_precision.startswith("fp8") and any(d.type == "cpu" for d in devices):
+        raise InputError("base_precision", f"{base_precision} weights need CUDA GPUs; gpu_ids names the CPU",
+                         "bf16, fp16 or fp32 on the CPU")
+    return PRECISIONS[base_precision]
+
+
+def choose_auto(model_patcher, devices: list[torch.device], reserve: int) -> tuple[str, list[torch.device], str]:
+    """The recommended mode and devices for this model size and the devices' free memory."""
+    size = model_patcher.model_size()
+    rec = recommend(size, [free_bytes(d) for d in devices], reserve)
+    mode = rec.parallelism_type
+    if mode == "block_distribution" and not is_wan(getattr(model_patcher.model, "diffusion_model", None)):
+        raise InputError("parallelism_type", f"auto: {rec.reason}, which needs block_distribution, only for Wan",
+                         "a Wan model, or block offloading (Offload Apply)")
+    if rec.blocks_to_swap_fraction > 0:
+        log.warning("MultiGPU auto: %s (use Offload Apply for the rest)", rec.reason)
+    return mode, devices[: max(rec.device_count, 1)], rec.reason
+
+
+def resolve(model_patcher, request: MultiGPURequest) -> MultiGPUSettings:
+    """Checked settings for `model_patcher`; raises InputError for anything it cannot run."""
+    mode = requested_mode(request)
+    devices = parse_gpu_ids(request.gpu_ids)
+    reserve = reserve_bytes(request)
+    reason = ""
+    if mode == "auto":
+        mode, devices, reason = choose_auto(model_patcher, devices, reserve)
+    if mode in MULTI_DEVICE_MODES and len(devices) < 2:
+        raise InputError("gpu_ids", f"parallelism_type '{mode}' needs at least two devices; "
+                         f"'{request.gpu_ids}' names {len(devices)}",
+                         "two or more ids such as '0,1' ('cpu,cpu' simulates on the CPU), or parallelism_type none")
+    if mode == "none":
+        devices = devices[:1]
+    if mode == "block_distribution":
+        require_wan(model_patcher, mode)
+    if mode == "distributed":
+        require_wan(model_patcher, mode, plain=True)
+    return MultiGPUSettings(mode, tuple(devices), reserve, request.load_device == "offload_device", reason)
+
+
+def apply_multi_gpu(model_patcher, settings: MultiGPUSettings):
+    """A clone of the MODEL that runs with `settings`; the input MODEL is unchanged."""
+    patched = as_multi_gpu(model_patcher, settings)
+    attach_runners(patched)
+    log.info("MultiGPU: %s on %s%s", settings.parallelism_type, ", ".join(map(str, settings.devices)),
+             f" ({settings.reason})" if settings.reason else "")
+    return patched

@@ -1,0 +1,113 @@
+"""WanVideo Multi-GPU Loader and Multi-GPU Apply: a native MODEL run over several devices.
+
+Both return a ModelPatcher clone, so ComfyUI's KSampler / KSamplerAdvanced / SamplerCustom
+use it unchanged and LoRAs applied before or after still apply. The modes themselves live
+in models/multi_gpu_* (ComfyUI integration) and parallel/ (the engine).
+"""
+import folder_paths
+from safetensors import SafetensorError
+
+import comfy.sd
+
+from ..models.multi_gpu_settings import (LOAD_DEVICES, MODES, PRECISIONS, MultiGPURequest, apply_multi_gpu,
+                                         check_precision, requested_mode, resolve)
+from ..parallel.devices import parse_gpu_ids
+from ..utils.errors import InputError
+
+
+def parallel_inputs() -> dict:
+    """The parallelism options shared by the loader and the apply node."""
+    return {
+        "parallelism_type": (list(MODES), {"default": "auto", "tooltip":
+            "none: one device. data_parallel: a replica per device, each model call's batch (CFG's cond / uncond) "
+            "split over them. block_distribution: the transformer blocks spread over the devices (models bigger "
+            "than one GPU). distributed: one worker process per device, sequence parallel (Ulysses) attention "
+            "speeds up one video. auto: chosen from the model size and free memory."}),
+        "gpu_ids": ("STRING", {"default": "0,1", "tooltip":
+            "Devices to use: '0,1', 'cuda:0,cuda:1', 'all', or 'cpu,cpu' to simulate several devices on the CPU. "
+            "The first one is the main device (inputs, embeddings, head)."}),
+        "enable_block_distribution": ("BOOLEAN", {"default": False, "tooltip":
+            "Kept for workflows written for the original guide: true means parallelism_type block_distribution."}),
+        "memory_reserve_gb": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip":
+            "GiB left free on every device for activations when planning block placement and for auto."}),
+    }
+
+
+def load_device_input() -> dict:
+    return {"load_device": (list(LOAD_DEVICES), {"default": "main_device", "tooltip":
+            "main_device: weights stay on the devices between runs (ComfyUI's default). offload_device: weights "
+            "go back to the CPU after every sampling run, freeing the GPUs for other models."})}
+
+
+def load_model_file(unet_name: str, dtype):
+    """Load a diffusion model with ComfyUI's own loader; unknown or unreadable files are InputErrors."""
+    path = folder_paths.get_full_path("diffusion_models", unet_name)
+    if path is None:
+        known = folder_paths.get_filename_list("diffusion_models")
+        raise InputError("unet_name", f"'{unet_name}' not found in the diffusion_models folder",
+                         ", ".join(known[:20]) or "no model files there yet")
+    try:
+        return comfy.sd.load_diffusion_model(path, model_options={"dtype": dtype})
+    except (SafetensorError, OSError) as error:
+        raise InputError("unet_name", f"'{unet_name}' is not a readable model file ({error})") from error
+    except RuntimeError as error:
+        raise InputError("unet_name", f"'{unet_name}' is not a model ComfyUI recognises ({error})") from error
+
+
+class MultiGPULoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "unet_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip":
+                          "A Wan 2.1 / 2.2 model file in ComfyUI's models/diffusion_models folder."}),
+            "base_precision": (list(PRECISIONS), {"default": "bf16", "tooltip":
+                               "Weight dtype. fp8 needs CUDA GPUs (it halves memory again)."}),
+            **load_device_input(),
+            **parallel_inputs(),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "parallel/multi-gpu"
+    DESCRIPTION = "Load a Wan model and run it over several GPUs; the MODEL works with ComfyUI's own samplers."
+
+    def load(self, unet_name, base_precision, load_device, parallelism_type, gpu_ids,
+             enable_block_distribution, memory_reserve_gb):
+        request = MultiGPURequest(parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
+                                  load_device)
+        requested_mode(request)
+        dtype = check_precision(base_precision, parse_gpu_ids(gpu_ids))
+        model = load_model_file(unet_name, dtype)
+        return (apply_multi_gpu(model, resolve(model, request)),)
+
+
+class MultiGPUApply:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "Any MODEL (GGUF, LoRA-patched, ...); block_distribution and "
+                                "distributed need a Wan model."}),
+            **load_device_input(),
+            **parallel_inputs(),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply"
+    CATEGORY = "parallel/multi-gpu"
+    DESCRIPTION = "Run an existing MODEL over several GPUs (a clone; the input MODEL is unchanged)."
+
+    def apply(self, model, load_device, parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb):
+        request = MultiGPURequest(parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
+                                  load_device)
+        return (apply_multi_gpu(model, resolve(model, request)),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "MultiGPULoader": MultiGPULoader,
+    "MultiGPUApply": MultiGPUApply,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MultiGPULoader": "WanVideo Multi-GPU Loader",
+    "MultiGPUApply": "Multi-GPU Apply",
+}
