@@ -93,3 +93,20 @@ WRITERS.update({
     ("loras", "tiny_sd15_lora.safetensors"): _sd15_writer("write_tiny_lora"),
     ("loras", "tiny_sd15_dora.safetensors"): _sd15_writer("write_tiny_dora"),
 })
+
+
+def _seedvr_writer(name: str) -> Callable[[Path], None]:
+    """A writer from devtools/demo_seedvr.py (tiny SeedVR DiT and VAE), imported on first use."""
+    def write(path: Path) -> None:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from devtools import demo_seedvr
+
+        getattr(demo_seedvr, name)(path)
+    return write
+
+
+WRITERS.update({
+    ("seedvr", "tiny_seedvr2_dit.safetensors"): _seedvr_writer("write_tiny_dit"),
+    ("seedvr", "tiny_seedvr_vae.safetensors"): _seedvr_writer("write_tiny_vae"),
+})

@@ -66,53 +66,50 @@ class TileConfig:
     overlap: int = 64
 
 
-def _tile_starts(length: int, tile: int, overlap: int) -> list:
+def _axis_tiles(length: int, tile: int, overlap: int) -> list:
+    """(start, size, overlap with previous tile, overlap with next tile) along one axis."""
     if tile <= 0 or length <= tile:
-        return [0]
+        return [(0, length, 0, 0)]
     step = max(tile - overlap, 1)
-    starts = list(range(0, length - tile, step))
-    return starts + [length - tile]
+    starts = list(range(0, length - tile, step)) + [length - tile]
+    tiles = []
+    for i, s in enumerate(starts):
+        before = starts[i - 1] + tile - s if i else 0
+        after = s + tile - starts[i + 1] if i + 1 < len(starts) else 0
+        tiles.append((s, tile, before, after))
+    return tiles
 
 
-def _blend_mask(h: int, w: int, top: int, left: int, bottom: int, right: int, device) -> torch.Tensor:
-    """Linear ramps over the overlapping borders of a tile (1 inside)."""
-    def ramp(n, a, b):
-        m = torch.ones(n, device=device)
-        if a:
-            m[:a] = torch.linspace(0, 1, a + 2, device=device)[1:-1]
-        if b:
-            m[n - b:] = torch.linspace(1, 0, b + 2, device=device)[1:-1]
-        return m
-    return ramp(h, top, bottom)[:, None] * ramp(w, left, right)[None, :]
+def _ramp(n: int, before: int, after: int, device) -> torch.Tensor:
+    """1 inside, linear ramps (never 0) over the overlaps at both ends."""
+    m = torch.ones(n, device=device)
+    if before:
+        m[:before] = torch.linspace(0, 1, before + 2, device=device)[1:-1]
+    if after:
+        m[n - after:] = torch.minimum(m[n - after:], torch.linspace(1, 0, after + 2, device=device)[1:-1])
+    return m
 
 
 def tiled(fn, x: torch.Tensor, tile: int, overlap: int, scale: float) -> torch.Tensor:
-    """Apply fn to overlapping spatial tiles of x [B, C, T, H, W] and blend: the output is
-    `scale` times x's spatial size. With no tiling needed, fn(x)."""
+    """Apply fn to overlapping spatial tiles of x [B, C, T, H, W] and blend them with linear ramps;
+    fn's output is `scale` times its input's spatial size. Without tiling: fn(x)."""
     h, w = x.shape[-2:]
-    ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
-    if len(ys) == 1 and len(xs) == 1:
+    rows, cols = _axis_tiles(h, tile, overlap), _axis_tiles(w, tile, overlap)
+    if len(rows) == 1 and len(cols) == 1:
         return fn(x)
+    sc = lambda v: int(round(v * scale))
     out = weight = None
-    for i, y in enumerate(ys):
-        for j, x0 in enumerate(xs):
-            th, tw = min(tile, h), min(tile, w)
+    for y, th, top, bottom in rows:
+        for x0, tw, left, right in cols:
             part = fn(x[..., y:y + th, x0:x0 + tw])
             if out is None:
-                shape = (*part.shape[:3], round(h * scale), round(w * scale))
-                out = torch.zeros(shape, dtype=torch.float32, device=part.device)
-                weight = torch.zeros(shape[-2:], dtype=torch.float32, device=part.device)
-            ov = round(overlap * scale)
-            top = min(ov, (ys[i - 1] + th - y) * round(scale)) if i else 0
-            left = min(ov, (xs[j - 1] + tw - x0) * round(scale)) if j else 0
-            bottom = ov if i < len(ys) - 1 else 0
-            right = ov if j < len(xs) - 1 else 0
+                out = torch.zeros((*part.shape[:3], sc(h), sc(w)), dtype=torch.float32, device=part.device)
+                weight = torch.zeros((sc(h), sc(w)), dtype=torch.float32, device=part.device)
             ph, pw = part.shape[-2:]
-            mask = _blend_mask(ph, pw, top, left, min(bottom, ph // 2), min(right, pw // 2), part.device)
-            oy, ox = round(y * scale), round(x0 * scale)
-            out[..., oy:oy + ph, ox:ox + pw] += part.float() * mask
-            weight[oy:oy + ph, ox:ox + pw] += mask
-    return (out / weight.clamp_min(1e-6)).to(part.dtype)
+            mask = _ramp(ph, sc(top), sc(bottom), part.device)[:, None] * _ramp(pw, sc(left), sc(right), part.device)[None]
+            out[..., sc(y):sc(y) + ph, sc(x0):sc(x0) + pw] += part.float() * mask
+            weight[sc(y):sc(y) + ph, sc(x0):sc(x0) + pw] += mask
+    return (out / weight).to(part.dtype)
 
 
 class VideoVAE(nn.Module):

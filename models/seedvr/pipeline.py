@@ -1,0 +1,185 @@
+"""The SeedVR upscale pipeline on one device: encode, condition, sample, decode, colour fix.
+
+Phases run over all chunks in turn so each model moves at most twice per run: the VAE encodes
+every chunk, then the DiT samples every chunk (the VAE waits in host memory, the DiT's blocks
+swap when `blocks_to_swap` > 0), then the VAE decodes every chunk.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ...offload.swap import OffloadConfig, enable_offload
+from ...utils.errors import InputError
+from .color_fix import METHODS, color_fix
+from .config import SamplerConfig
+from .dit import NaDiT
+from .frames import blend_chunks, check_chunking, make_chunks, pad_frames, preprocess
+from .sampling import add_noise, cfg_combine, condition_noise_timestep, euler_sample
+from .vae import VideoVAE
+
+
+@dataclass
+class SeedVRModel:
+    """A loaded SeedVR: DiT + VAE, where they compute, and how the DiT is offloaded."""
+
+    dit: NaDiT
+    vae: VideoVAE
+    variant: str
+    sampler: SamplerConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    offload_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    blocks_to_swap: int = 0
+
+
+@dataclass
+class UpscaleSettings:
+    """The SeedVRUpscaler inputs (cond_noise_scale None = the variant's default)."""
+
+    res_h: int = 720
+    res_w: int = 1280
+    cfg_scale: float = 6.5
+    sample_steps: int = 50
+    seed: int = 666
+    batch_size: int = 5
+    temporal_overlap: int = 0
+    color_fix: str = "wavelet"
+    cond_noise_scale: float | None = None
+
+    def check(self) -> None:
+        check_chunking(self.batch_size, self.temporal_overlap)
+        if self.sample_steps < 1:
+            raise InputError("sample_steps", f"{self.sample_steps}", "1 or more (SeedVR2: 1, SeedVR: 50)")
+        if self.color_fix not in METHODS:
+            raise InputError("color_fix", f"unknown method {self.color_fix!r}", ", ".join(METHODS))
+
+
+@dataclass
+class Hooks:
+    """Progress (done, total) and cancellation (raises) callbacks from the caller."""
+
+    progress: Callable[[int, int], None] = lambda done, total: None
+    check_cancel: Callable[[], None] = lambda: None
+
+
+def check_embedding(emb: torch.Tensor | None, dit: NaDiT, input_name: str) -> torch.Tensor:
+    """A text embedding [tokens, width] whose width the DiT's txt_in takes."""
+    if emb is None:
+        raise InputError(input_name, "no text embedding was given",
+                         "CONDITIONING from LoadConditioningFile (e.g. the official pos_emb.pt / neg_emb.pt)")
+    if emb.ndim == 3 and emb.shape[0] == 1:
+        emb = emb[0]
+    width = dit.cfg.txt_in_dim
+    if emb.ndim != 2 or emb.shape[-1] != width or emb.shape[0] == 0:
+        raise InputError(input_name, f"embedding of shape {tuple(emb.shape)} does not fit this DiT",
+                         f"[tokens, {width}] (SeedVR's text embeddings are {width} wide)")
+    return emb
+
+
+@contextmanager
+def dit_on_device(model: SeedVRModel):
+    """DiT on the compute device for the sampling phase, with block swap when asked; back after."""
+    dit, device = model.dit, model.device
+    blocks = dit.blocks
+    for name, child in dit.named_children():
+        if name != "blocks":
+            child.to(device)
+    config = OffloadConfig(blocks_to_swap=model.blocks_to_swap, compute_device=device,
+                           offload_device=model.offload_device)
+    offloader = enable_offload(blocks, config)
+    try:
+        yield offloader
+    finally:
+        offloader.disable()
+        if device.type != "cpu":
+            dit.to(model.offload_device)
+            torch.cuda.empty_cache()
+
+
+@contextmanager
+def vae_on_device(model: SeedVRModel):
+    model.vae.to(model.device)
+    try:
+        yield model.vae
+    finally:
+        if model.device.type != "cpu":
+            model.vae.to(model.offload_device)
+            torch.cuda.empty_cache()
+
+
+def _encode_chunks(model, video, chunks, generator, hooks) -> list:
+    latents = []
+    with vae_on_device(model) as vae, torch.no_grad():
+        for chunk in chunks:
+            hooks.check_cancel()
+            frames = pad_frames(video[chunk.start:chunk.stop])
+            pixels = frames.permute(1, 0, 2, 3)[None].to(model.device)
+            latent = vae.encode(pixels, generator=generator)
+            latents.append(latent[0].permute(1, 2, 3, 0).cpu())
+    return latents
+
+
+def _condition(latent: torch.Tensor, cond_noise_scale: float, generator) -> torch.Tensor:
+    """[t, h, w, 16] low-res latent (noise-augmented for SeedVR v1) + a mask channel of 1."""
+    aug_noise = torch.randn(latent.shape, generator=generator)
+    if cond_noise_scale > 0:
+        latent = add_noise(latent, aug_noise, condition_noise_timestep(cond_noise_scale, tuple(latent.shape)))
+    return torch.cat((latent, torch.ones_like(latent[..., :1])), dim=-1)
+
+
+def _sample_chunks(model, latents, pos, neg, settings, generator, hooks) -> list:
+    steps, cfg = settings.sample_steps, settings.cfg_scale
+    noise_scale = settings.cond_noise_scale
+    if noise_scale is None:
+        noise_scale = model.sampler.cond_noise_scale
+    total = steps * len(latents)
+    results = []
+    with dit_on_device(model), torch.no_grad():
+        device = model.device
+        pos, neg = pos.to(device), (neg.to(device) if cfg != 1.0 else None)
+        for index, latent in enumerate(latents):
+            noise = torch.randn(latent.shape, generator=generator)
+            cond = _condition(latent, noise_scale, generator).to(device)
+
+            def velocity(x_t, t):
+                hooks.check_cancel()
+                vid = torch.cat((x_t, cond), dim=-1)
+                v_pos = model.dit(vid, pos, t)
+                v_neg = model.dit(vid, neg, t) if neg is not None else None
+                return cfg_combine(v_pos.float(), None if v_neg is None else v_neg.float(), cfg)
+
+            on_step = lambda done, _n, i=index: hooks.progress(i * steps + done, total)
+            results.append(euler_sample(noise.to(device), velocity, steps, on_step).cpu())
+    return results
+
+
+def _decode_chunks(model, samples, chunks, video, settings, hooks) -> list:
+    parts = []
+    with vae_on_device(model) as vae, torch.no_grad():
+        for sample, chunk in zip(samples, chunks):
+            hooks.check_cancel()
+            decoded = vae.decode(sample.permute(3, 0, 1, 2)[None].to(model.device))[0].cpu()
+            n = chunk.stop - chunk.start
+            frames = decoded.permute(1, 0, 2, 3)[:n]
+            frames = color_fix(frames, video[chunk.start:chunk.stop], settings.color_fix)
+            parts.append(frames.clamp(-1, 1))
+    return parts
+
+
+def upscale(model: SeedVRModel, images: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None,
+            settings: UpscaleSettings, hooks: Hooks = Hooks()) -> torch.Tensor:
+    """IMAGE frames [N, H, W, 3] in [0, 1] -> restored frames [N, h, w, 3] at the target area
+    (h, w multiples of 16). `neg` is only needed when cfg_scale != 1."""
+    settings.check()
+    pos = check_embedding(pos, model.dit, "positive")
+    if settings.cfg_scale != 1.0:
+        neg = check_embedding(neg, model.dit, "negative")
+    video = preprocess(images, settings.res_h, settings.res_w)
+    chunks = make_chunks(video.shape[0], settings.batch_size, settings.temporal_overlap)
+    generator = torch.Generator().manual_seed(settings.seed)
+    latents = _encode_chunks(model, video, chunks, generator, hooks)
+    samples = _sample_chunks(model, latents, pos, neg, settings, generator, hooks)
+    parts = _decode_chunks(model, samples, chunks, video, settings, hooks)
+    out = blend_chunks(parts, chunks, video.shape[0])
+    return (out * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous()

@@ -1,0 +1,163 @@
+"""SeedVR Loader and SeedVR Single-GPU Upscaler: video restoration / upscaling with SeedVR(2)."""
+import os
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import torch
+
+from ..models.seedvr.color_fix import METHODS
+from ..models.seedvr.config import VARIANTS
+from ..models.seedvr.loading import load_dit, load_vae
+from ..models.seedvr.pipeline import Hooks, SeedVRModel, UpscaleSettings, upscale
+from ..models.seedvr.vae import TileConfig
+from ..utils.errors import InputError
+
+FOLDER = "seedvr"
+DIT_FOLDERS = (FOLDER, "diffusion_models")
+VAE_FOLDERS = (FOLDER, "vae")
+PRECISIONS = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def register_folder() -> None:
+    """A `seedvr` model folder (models/seedvr), beside any paths a user configured for it."""
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        path = os.path.join(folder_paths.models_dir, FOLDER)
+        folder_paths.folder_names_and_paths[FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
+
+
+register_folder()
+
+
+def _files(folders) -> list:
+    names = []
+    for folder in folders:
+        names += [n for n in folder_paths.get_filename_list(folder) if n not in names]
+    return sorted(names)
+
+
+def _find(name: str, folders, input_name: str):
+    for folder in folders:
+        path = folder_paths.get_full_path(folder, name)
+        if path:
+            return path
+    raise InputError(input_name, f"'{name}' not found", "a file in the models folders " + ", ".join(folders))
+
+
+def _dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise InputError("precision", f"unknown precision {precision!r}", ", ".join(PRECISIONS))
+    if PRECISIONS[precision] is not None:
+        return PRECISIONS[precision]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+class SeedVRLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dit_name": (_files(DIT_FOLDERS), {"tooltip": "SeedVR / SeedVR2 DiT checkpoint (seedvr2_ema_3b.pth, "
+                         ".safetensors conversions) from models/seedvr or models/diffusion_models."}),
+            "vae_name": (_files(VAE_FOLDERS), {"tooltip": "SeedVR's causal video VAE (ema_vae.pth) from models/seedvr "
+                         "or models/vae."}),
+            "variant": (["auto", *VARIANTS], {"default": "auto", "tooltip": "auto reads the size from the weights "
+                        "and SeedVR vs SeedVR2 from the file name; a named variant is checked key by key."}),
+            "precision": (list(PRECISIONS), {"default": "auto", "tooltip": "Compute precision of DiT and VAE. auto: "
+                          "bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU."}),
+            "blocks_to_swap": ("INT", {"default": 0, "min": 0, "max": 36, "tooltip": "DiT blocks kept in host memory and "
+                               "streamed to the GPU when needed (3B has 32 blocks, 7B 36). More = less VRAM, slower."}),
+            "vae_tile_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16, "tooltip": "Spatial VAE tile in "
+                              "pixels; 0 = no tiling. Tiles bound VAE memory at large resolutions."}),
+            "vae_tile_overlap": ("INT", {"default": 64, "min": 0, "max": 1024, "step": 8, "tooltip": "Overlap of VAE "
+                                 "tiles in pixels, blended linearly."}),
+        }}
+
+    RETURN_TYPES = ("SEEDVR_MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "parallel/seedvr"
+    DESCRIPTION = "Load a SeedVR / SeedVR2 (3B or 7B) DiT and the video VAE with strict key matching."
+
+    def load(self, dit_name, vae_name, variant, precision, blocks_to_swap, vae_tile_size, vae_tile_overlap):
+        device = mm.get_torch_device()
+        dtype = _dtype(precision, device)
+        if vae_tile_size and vae_tile_overlap >= vae_tile_size:
+            raise InputError("vae_tile_overlap", f"{vae_tile_overlap} for tiles of {vae_tile_size}",
+                             f"less than vae_tile_size ({vae_tile_size})")
+        dit, name, sampler = load_dit(_find(dit_name, DIT_FOLDERS, "dit_name"), variant, dtype)
+        if blocks_to_swap > len(dit.blocks):
+            raise InputError("blocks_to_swap", f"{blocks_to_swap} for a DiT of {len(dit.blocks)} blocks",
+                             f"0..{len(dit.blocks)}")
+        vae = load_vae(_find(vae_name, VAE_FOLDERS, "vae_name"), dtype)
+        vae.tiles = TileConfig(vae_tile_size, vae_tile_overlap)
+        model = SeedVRModel(dit, vae, name, sampler, device=device, offload_device=torch.device("cpu"),
+                            blocks_to_swap=blocks_to_swap)
+        print(f"[SeedVR] loaded {name} DiT ({len(dit.blocks)} blocks, {dtype}) on {device}, "
+              f"blocks_to_swap={blocks_to_swap}")
+        return (model,)
+
+
+def _embedding(conditioning, input_name: str):
+    """The [tokens, dim] tensor of a CONDITIONING ([[cond [1, T, D], {...}]]), or None."""
+    if conditioning is None:
+        return None
+    try:
+        return conditioning[0][0]
+    except (IndexError, TypeError, KeyError):
+        raise InputError(input_name, "is not a conditioning with an embedding",
+                         "CONDITIONING from LoadConditioningFile") from None
+
+
+class SeedVRUpscaler:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Video frames (or one image) to restore / upscale."}),
+            "seedvr_model": ("SEEDVR_MODEL", {"tooltip": "From SeedVR Loader."}),
+            "positive": ("CONDITIONING", {"tooltip": "Positive text embedding (the official pos_emb.pt through "
+                         "Load Conditioning)."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative text embedding (neg_emb.pt); used when cfg_scale != 1."}),
+            "res_h": ("INT", {"default": 720, "min": 16, "max": 8192, "step": 16, "tooltip": "Target height; with "
+                      "res_w it sets the output area, the input's aspect ratio is kept (sides cropped to x16)."}),
+            "res_w": ("INT", {"default": 1280, "min": 16, "max": 8192, "step": 16, "tooltip": "Target width (see res_h)."}),
+            "cfg_scale": ("FLOAT", {"default": 6.5, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Classifier-free "
+                          "guidance. SeedVR: 6.5; SeedVR2: 1.0 (no negative pass)."}),
+            "sample_steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Euler steps. SeedVR: 50; "
+                             "SeedVR2 is one-step: 1."}),
+            "seed": ("INT", {"default": 666, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed (reference: 666)."}),
+            "batch_size": ("INT", {"default": 5, "min": 1, "max": 1025, "step": 4, "tooltip": "Frames per chunk, 4n+1 "
+                           "(1, 5, 9, ...). Longer chunks are more consistent over time and use more memory."}),
+            "temporal_overlap": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "Frames shared by consecutive "
+                                 "chunks, cross-faded to hide seams."}),
+            "color_fix": (list(METHODS), {"default": "wavelet", "tooltip": "Match colours to the input: wavelet (low "
+                          "frequencies from the input), adain (channel mean/std) or none."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+    CATEGORY = "parallel/seedvr"
+    DESCRIPTION = "Restore / upscale video frames with SeedVR on one GPU (block swap and tiled VAE from the loader)."
+
+    def upscale(self, images, seedvr_model, positive, negative, res_h, res_w, cfg_scale, sample_steps, seed,
+                batch_size, temporal_overlap, color_fix):
+        if not isinstance(seedvr_model, SeedVRModel):
+            raise InputError("seedvr_model", f"got {type(seedvr_model).__name__}", "the output of SeedVR Loader")
+        settings = UpscaleSettings(res_h, res_w, cfg_scale, sample_steps, seed, batch_size, temporal_overlap, color_fix)
+        settings.check()
+        if seedvr_model.variant.startswith("seedvr2") and (sample_steps != 1 or cfg_scale != 1.0):
+            print(f"[SeedVR] note: {seedvr_model.variant} is a one-step model (reference: sample_steps 1, "
+                  f"cfg_scale 1.0); running {sample_steps} steps at cfg {cfg_scale} as asked")
+        if seedvr_model.device.type != "cpu":
+            mm.unload_all_models()
+        bar = comfy.utils.ProgressBar(100)
+        hooks = Hooks(progress=lambda done, total: bar.update_absolute(int(100 * done / total), 100),
+                      check_cancel=mm.throw_exception_if_processing_interrupted)
+        out = upscale(seedvr_model, images, _embedding(positive, "positive"), _embedding(negative, "negative"),
+                      settings, hooks)
+        mm.soft_empty_cache()
+        return (out,)
+
+
+NODE_CLASS_MAPPINGS = {"SeedVRLoader": SeedVRLoader, "SeedVRUpscaler": SeedVRUpscaler}
+NODE_DISPLAY_NAME_MAPPINGS = {"SeedVRLoader": "SeedVR Loader", "SeedVRUpscaler": "SeedVR Single-GPU Upscaler"}
