@@ -89,6 +89,14 @@ class Dataset:
         return path
 
 
+def record_for(task: ImageTask, settings: dict, worker: str, seconds: float) -> ImageRecord:
+    """The manifest line of a generated image (`settings`: the job's shared generation settings)."""
+    return ImageRecord(file=task.file_name, prompt=task.prompt, negative_prompt=task.negative_prompt, seed=task.seed,
+                       id=task.row_id, lora=settings.get("lora_name", "None"),
+                       lora_strength=settings.get("lora_strength", 0.0), settings=settings, worker=worker,
+                       seconds=round(seconds, 4))
+
+
 def read_lines(path: Path) -> list[ImageRecord]:
     """The manifest's complete, well-formed lines (a torn or foreign line is skipped)."""
     if not path.is_file():
