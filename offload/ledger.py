@@ -83,3 +83,12 @@ class ResidentLedger:
             listener(self.resident_bytes)
 
     planned_peak = staticmethod(planned_peak)
+
+
+def choose_blocks_to_swap(block_sizes: Sequence[int], prefetch_blocks: int, budget_bytes: int,
+                          base_bytes: int = 0) -> int | None:
+    """The fewest swapped blocks whose planned peak fits `budget_bytes`, or None when none does."""
+    for count in range(len(block_sizes) + 1):
+        if planned_peak(block_sizes, count, prefetch_blocks, base_bytes) <= budget_bytes:
+            return count
+    return None

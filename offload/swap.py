@@ -113,11 +113,7 @@ class BlockOffloader:
 
     def attach(self) -> None:
         """Place the blocks and register the hooks of the swapped schedule."""
-        for index, slots in enumerate(self.slots):
-            if index in self.is_swapped:
-                self._place(slots, self.offload_device, self.config.pin_memory)
-            else:
-                self._place(slots, self.compute_device, False)
+        _place(self.slots, self.config)
         self.ledger.set_resident_blocks(sum(s.nbytes for i, s in enumerate(self.slots) if i not in self.is_swapped))
         if not self.swapped:
             return
@@ -127,15 +123,6 @@ class BlockOffloader:
             self.handles.append(block.register_forward_pre_hook(partial(self._before, index), with_kwargs=True))
             if index in self.is_swapped:
                 self.handles.append(block.register_forward_hook(partial(self._after, index)))
-
-    def _place(self, slots: _BlockSlots, device: torch.device, pinned: bool) -> None:
-        moved = []
-        for tensor in slots.tensors():
-            target = tensor.data if isinstance(tensor, nn.Parameter) else tensor
-            if target.device != device:
-                target = transfer(target, device)
-            moved.append(pin(target, self.compute_device) if pinned else target)
-        slots.point_to(moved)
 
     def _before(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if torch.is_grad_enabled() and index in self.is_swapped:
@@ -177,6 +164,27 @@ class BlockOffloader:
             self._release(index)
         if _ACTIVE.get(self.blocks) is self:
             del _ACTIVE[self.blocks]
+
+
+def _place(slots: list, config: OffloadConfig) -> None:
+    """Swapped blocks to the offload device (pinned when asked), the others to the compute device."""
+    compute, offload = torch.device(config.compute_device), torch.device(config.offload_device)
+    swapped = set(swapped_indices(len(slots), config.blocks_to_swap))
+    for index, block_slots in enumerate(slots):
+        device = offload if index in swapped else compute
+        moved = []
+        for tensor in block_slots.tensors():
+            target = tensor.data if isinstance(tensor, nn.Parameter) else tensor
+            if target.device != device:
+                target = transfer(target, device)
+            moved.append(pin(target, compute) if config.pin_memory and index in swapped else target)
+        block_slots.point_to(moved)
+
+
+def place_blocks(blocks: nn.ModuleList, config: OffloadConfig) -> None:
+    """Put each block where `config` keeps it between forwards, copying only what is elsewhere."""
+    config.check(len(blocks))
+    _place([_BlockSlots.of(block) for block in blocks], config)
 
 
 def _refuse_gradients(module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -147,3 +147,12 @@ def test_pin_memory_on_cpu_is_noop(model):
         enable_offload(model.blocks, OffloadConfig(3, pin_memory=True))
         assert torch.equal(model(x), expected)
     disable_offload(model.blocks)
+
+
+def test_choose_blocks_to_swap_fewest_that_fit():
+    from comfyui_parallel.offload.ledger import choose_blocks_to_swap
+
+    sizes = [10] * 6
+    assert choose_blocks_to_swap(sizes, 1, 1000) == 0
+    assert choose_blocks_to_swap(sizes, 1, 45, base_bytes=5) == 4  # 5 + 2 resident + 2 in flight
+    assert choose_blocks_to_swap(sizes, 1, 24, base_bytes=5) is None

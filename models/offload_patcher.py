@@ -1,0 +1,180 @@
+"""ComfyUI integration of block offloading: a ModelPatcher that leaves swapped blocks to the offloader.
+
+ComfyUI's model management moves weights only through a patcher's `load`, `unpatch_model`,
+`partially_unload` / `partially_load` and `detach`, and sizes memory through `model_size` /
+`loaded_size`. `OffloadPatcherMixin` takes over exactly there, with no global monkeypatching:
+
+- the swapped blocks are left out of ComfyUI's load list, so its loading, lowvram casting and
+  partial unloading never move them; everything else is loaded by ComfyUI's own code (also in
+  lowvram mode), module by module instead of one `model.to` over the whole model;
+- LoRA / weight patches of swapped blocks are applied on the offload device at load time, so
+  the patched weights are what gets swapped (ComfyUI keeps its usual backup for unpatching);
+- `model_size` is the planned resident peak, so ComfyUI frees just enough memory;
+- a diffusion-model wrapper turns the offloader (and gradient checkpointing) on for the
+  duration of this patcher's forward only: another clone of the same model sampled without
+  offloading runs untouched.
+
+The mixin is combined with whatever patcher class the MODEL already has (GGUF's, ...), and
+ModelPatcher.clone() keeps the class, so LoRA loaders applied after OffloadApply keep it.
+"""
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from ..offload.checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
+from ..offload.ledger import ResidentLedger, planned_peak, swapped_indices
+from ..offload.swap import OffloadConfig, enable_offload, place_blocks
+from .blocks import transformer_blocks
+from .comfy_runtime import ensure_comfy
+
+ensure_comfy()
+import comfy.model_management  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+from comfy.patcher_extension import WrappersMP  # noqa: E402
+
+KEY = "comfyui_parallel.offload"
+LOAD_EVERYTHING = 1 << 62
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OffloadSettings:
+    """The node's choices, with blocks_to_swap already resolved to a count."""
+
+    blocks_to_swap: int
+    prefetch_blocks: int = 1
+    pin_memory: bool = False
+    offload_device: str = "cpu"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class OffloadState:
+    """Settings and ledger of one OffloadApply, shared by the patcher's clones; also the forward wrapper."""
+
+    settings: OffloadSettings
+    ledger: ResidentLedger = field(default_factory=ResidentLedger)
+
+    def config(self, compute_device: torch.device) -> OffloadConfig:
+        s = self.settings
+        return OffloadConfig(s.blocks_to_swap, s.prefetch_blocks, s.pin_memory, s.offload_device, compute_device)
+
+    def __call__(self, executor, x, *args, **kwargs):
+        """DIFFUSION_MODEL wrapper: offload (and checkpoint) the blocks for this forward only."""
+        blocks = transformer_blocks(executor.class_obj)
+        if self.settings.gradient_checkpointing:
+            enable_gradient_checkpointing(blocks)
+        offloader = enable_offload(blocks, self.config(x.device), self.ledger)
+        try:
+            return executor(x, *args, **kwargs)
+        finally:
+            offloader.disable()
+            if self.settings.gradient_checkpointing:
+                disable_gradient_checkpointing(blocks)
+
+
+def block_sizes(base_model) -> tuple[list[int], int]:
+    """Bytes of each transformer block and of everything else in the model."""
+    sizes = [comfy.model_management.module_size(block) for block in transformer_blocks(base_model)]
+    return sizes, comfy.model_management.module_size(base_model) - sum(sizes)
+
+
+class OffloadPatcherMixin:
+    """Overrides of ModelPatcher's loading so the swapped blocks belong to the offloader alone."""
+
+    @property
+    def offload_state(self) -> OffloadState:
+        return self.get_attachment(KEY)
+
+    def swapped_blocks(self) -> list[torch.nn.Module]:
+        blocks = transformer_blocks(self.model)
+        return [blocks[i] for i in swapped_indices(len(blocks), self.offload_state.settings.blocks_to_swap)]
+
+    def planned_resident_bytes(self) -> int:
+        sizes, other = block_sizes(self.model)
+        settings = self.offload_state.settings
+        return planned_peak(sizes, settings.blocks_to_swap, settings.prefetch_blocks, base_bytes=other)
+
+    def model_size(self):
+        return self.planned_resident_bytes()
+
+    def _load_list(self):
+        swapped = {id(m) for block in self.swapped_blocks() for m in block.modules()}
+        return [entry for entry in super()._load_list() if id(entry[3]) not in swapped]
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        if full_load:  # ComfyUI would finish with model.to(device): load module by module instead
+            lowvram_model_memory, full_load = LOAD_EVERYTHING, False
+            super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
+            move_except(self.model, device_to, set(self.swapped_blocks()))
+        else:
+            super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
+        self._load_swapped_blocks(device_to)
+
+    def _load_swapped_blocks(self, device_to) -> None:
+        """Patch the swapped blocks' weights where they live and book their prefetch window."""
+        state = self.offload_state
+        blocks = transformer_blocks(self.model)
+        compute = device_to if device_to is not None else self.load_device
+        place_blocks(blocks, state.config(torch.device(compute)))
+        names = {block: name for name, block in self.model.named_modules()}
+        for block in self.swapped_blocks():
+            for module_name, module in block.named_modules():
+                if getattr(module, "comfy_patched_weights", False):
+                    continue
+                prefix = f"{names[block]}.{module_name}".rstrip(".")
+                for param_name, _ in module.named_parameters(recurse=False):
+                    key = f"{prefix}.{param_name}"
+                    self.patch_weight_to_device(key, device_to=None)
+                    if state.settings.pin_memory:
+                        self.pin_weight_to_device(key)
+                module.comfy_patched_weights = True
+        window = self.planned_resident_bytes() - comfy.model_management.module_size(self.model)
+        window += sum(comfy.model_management.module_size(b) for b in self.swapped_blocks())
+        self.model.model_loaded_weight_memory += window
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        super().unpatch_model(None, unpatch_weights)
+        if unpatch_weights and device_to is not None:
+            move_except(self.model, device_to, set(self.swapped_blocks()))
+            self.model.device = device_to
+
+
+def move_except(module: torch.nn.Module, device, skip: set) -> None:
+    """`module.to(device)` for everything but the modules in `skip` (and their children)."""
+    if module in skip:
+        return
+    module._apply(lambda t: t.to(device), recurse=False)
+    for child in module.children():
+        move_except(child, device, skip)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def offload_patcher_class(base: type) -> type:
+    """`base` combined with OffloadPatcherMixin (one class per base, reused)."""
+    if issubclass(base, OffloadPatcherMixin):
+        return base
+    if base not in _CLASSES:
+        _CLASSES[base] = type(f"Offload{base.__name__}", (OffloadPatcherMixin, base), {})
+    return _CLASSES[base]
+
+
+def apply_offload(model: comfy.model_patcher.ModelPatcher, settings: OffloadSettings) -> comfy.model_patcher.ModelPatcher:
+    """A clone of `model` whose swapped blocks are offloaded as `settings` say."""
+    transformer_blocks(model.model)  # refuse unsupported models before cloning
+    patched = model.clone()
+    # Same object, subclass with the same layout: keeps every attribute the clone already has.
+    patched.__class__ = offload_patcher_class(type(patched))
+    # A new weight identity: ComfyUI then unpatches and reloads when switching from a plain clone.
+    patched.patches_uuid = uuid.uuid4()
+    state = OffloadState(settings, ResidentLedger(base_bytes=block_sizes(patched.model)[1]))
+    patched.set_attachments(KEY, state)
+    patched.remove_wrappers_with_key(WrappersMP.DIFFUSION_MODEL, KEY)
+    patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, state)
+    log.info("offload: %d blocks swapped, prefetch %d, planned resident %.2f MB", settings.blocks_to_swap,
+             settings.prefetch_blocks, patched.planned_resident_bytes() / 2**20)
+    return patched
