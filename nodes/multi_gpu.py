@@ -7,8 +7,6 @@ in models/multi_gpu_* (ComfyUI integration) and parallel/ (the engine).
 import folder_paths
 from safetensors import SafetensorError
 
-import comfy.sd
-
 from ..models.multi_gpu_settings import (LOAD_DEVICES, MODES, PRECISIONS, MultiGPURequest, apply_multi_gpu,
                                          check_precision, requested_mode, resolve)
 from ..parallel.devices import parse_gpu_ids
@@ -41,6 +39,8 @@ def load_device_input() -> dict:
 
 def load_model_file(unet_name: str, dtype):
     """Load a diffusion model with ComfyUI's own loader; unknown or unreadable files are InputErrors."""
+    import comfy.sd  # here, not at import: pytest imports the pack's __init__ before ComfyUI is configured
+
     path = folder_paths.get_full_path("diffusion_models", unet_name)
     if path is None:
         known = folder_paths.get_filename_list("diffusion_models")
