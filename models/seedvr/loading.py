@@ -126,10 +126,11 @@ def _fill_rope(model: NaDiT, state: dict) -> None:
 
 
 def variant_name(cfg: DiTConfig, file_name: str) -> str:
-    """seedvr_3b / seedvr2_7b / ... from the size and the file name; "custom" for other sizes."""
-    size = {2560: "3b", 3072: "7b"}.get(cfg.vid_dim)
+    """seedvr_3b / seedvr2_7b / ... from the size and the file name ("custom" for other sizes);
+    a file name without "seedvr" followed by something other than "2" counts as SeedVR2."""
+    size = {2560: "3b", 3072: "7b"}.get(cfg.vid_dim, "custom")
     generation = "seedvr" if re.search(r"seedvr(?!2)", file_name.lower()) else "seedvr2"
-    return f"{generation}_{size}" if size else "custom"
+    return f"{generation}_{size}"
 
 
 def load_dit(path: Path, variant_choice: str, dtype: torch.dtype, input_name: str = "dit_name") -> tuple:

@@ -108,10 +108,17 @@ def vae_on_device(model: SeedVRModel):
             torch.cuda.empty_cache()
 
 
-def _encode_chunks(model, video, chunks, generator, hooks) -> list:
+def chunk_generators(seed: int, count: int) -> list:
+    """One generator per chunk (seed + index): a chunk's noise does not depend on how many chunks
+    there are. Each draws, in the reference's order, the posterior sample, the noise, the
+    conditioning-augmentation noise."""
+    return [torch.Generator().manual_seed((seed + i) % 2 ** 64) for i in range(count)]
+
+
+def _encode_chunks(model, video, chunks, generators, hooks) -> list:
     latents = []
     with vae_on_device(model) as vae, torch.no_grad():
-        for chunk in chunks:
+        for chunk, generator in zip(chunks, generators):
             hooks.check_cancel()
             frames = pad_frames(video[chunk.start:chunk.stop])
             pixels = frames.permute(1, 0, 2, 3)[None].to(model.device)
@@ -128,7 +135,7 @@ def _condition(latent: torch.Tensor, cond_noise_scale: float, generator) -> torc
     return torch.cat((latent, torch.ones_like(latent[..., :1])), dim=-1)
 
 
-def _sample_chunks(model, latents, pos, neg, settings, generator, hooks) -> list:
+def _sample_chunks(model, latents, pos, neg, settings, generators, hooks) -> list:
     steps, cfg = settings.sample_steps, settings.cfg_scale
     noise_scale = settings.cond_noise_scale
     if noise_scale is None:
@@ -138,7 +145,7 @@ def _sample_chunks(model, latents, pos, neg, settings, generator, hooks) -> list
     with dit_on_device(model), torch.no_grad():
         device = model.device
         pos, neg = pos.to(device), (neg.to(device) if cfg != 1.0 else None)
-        for index, latent in enumerate(latents):
+        for index, (latent, generator) in enumerate(zip(latents, generators)):
             noise = torch.randn(latent.shape, generator=generator)
             cond = _condition(latent, noise_scale, generator).to(device)
 
@@ -177,9 +184,9 @@ def upscale(model: SeedVRModel, images: torch.Tensor, pos: torch.Tensor, neg: to
         neg = check_embedding(neg, model.dit, "negative")
     video = preprocess(images, settings.res_h, settings.res_w)
     chunks = make_chunks(video.shape[0], settings.batch_size, settings.temporal_overlap)
-    generator = torch.Generator().manual_seed(settings.seed)
-    latents = _encode_chunks(model, video, chunks, generator, hooks)
-    samples = _sample_chunks(model, latents, pos, neg, settings, generator, hooks)
+    generators = chunk_generators(settings.seed, len(chunks))
+    latents = _encode_chunks(model, video, chunks, generators, hooks)
+    samples = _sample_chunks(model, latents, pos, neg, settings, generators, hooks)
     parts = _decode_chunks(model, samples, chunks, video, settings, hooks)
     out = blend_chunks(parts, chunks, video.shape[0])
     return (out * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
