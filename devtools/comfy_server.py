@@ -76,6 +76,7 @@ class ComfyServer:
         self.log_path = self.base_dir / "server.log"
         self.client_id = uuid.uuid4().hex
         self.seen_pids: set[int] = set()
+        self._ws = None
 
     @property
     def url(self) -> str:
@@ -134,6 +135,9 @@ class ComfyServer:
         """Stop the server and all its children; return the pids that were still alive after (none)."""
         if self.process is None:
             return []
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
         tracked = [psutil.Process(self.process.pid)] if self.process.poll() is None else []
         tracked += self.descendants()
         self.seen_pids.update(p.pid for p in tracked)
@@ -168,56 +172,56 @@ class ComfyServer:
     def interrupt(self) -> None:
         requests.post(f"{self.url}/interrupt", timeout=10)
 
-    def wait(self, prompt_id: str, timeout: float = 600, follow: bool = True) -> PromptResult:
+    def free(self) -> None:
+        """Unload models and drop ComfyUI's execution cache before the next prompt."""
+        requests.post(f"{self.url}/free", json={"unload_models": True, "free_memory": True}, timeout=10)
+
+    def websocket(self):
+        """The client's websocket, opened before prompts are posted so no message is missed."""
+        import websocket
+
+        if self._ws is None:
+            self._ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}",
+                                                   timeout=30)
+        return self._ws
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> PromptResult:
+        """Follow the prompt on the websocket (progress) until /history says it completed."""
         start = time.monotonic()
-        progress = self.follow_progress(prompt_id, timeout) if follow else []
-        deadline = start + timeout
-        while time.monotonic() < deadline:
+        progress: list = []
+        while time.monotonic() - start < timeout:
+            self.read_progress(prompt_id, progress)
             history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                entry = history[prompt_id]
+            entry = history.get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
                 status = entry["status"].get("status_str", "error")
                 if any(kind == "execution_interrupted" for kind, _ in entry["status"].get("messages", [])):
                     status = "interrupted"
                 return PromptResult(prompt_id, status, entry, time.monotonic() - start, progress)
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
-            time.sleep(0.2)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
 
-    def follow_progress(self, prompt_id: str, timeout: float) -> list:
-        """Read websocket messages for the prompt until it stops executing; return progress events."""
+    def read_progress(self, prompt_id: str, progress: list, seconds: float = 0.3) -> None:
+        """Read websocket messages for up to `seconds`, keeping this prompt's progress events."""
         import websocket
 
-        events = []
+        ws = self.websocket()
+        ws.settimeout(seconds)
         try:
-            ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}",
-                                             timeout=timeout)
-        except (OSError, websocket.WebSocketException):
-            return events
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
+            while True:
                 raw = ws.recv()
                 if not isinstance(raw, str):
                     continue
                 message = json.loads(raw)
                 data = message.get("data", {})
-                if data.get("prompt_id") not in (None, prompt_id):
-                    continue
-                if message["type"] == "progress":
-                    events.append((data.get("node"), data.get("value"), data.get("max")))
-                if message["type"] in ("execution_error", "execution_interrupted", "execution_success"):
-                    break
-                if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                    break
-        except (OSError, websocket.WebSocketException):
-            pass
-        finally:
-            ws.close()
-        return events
+                if message.get("type") == "progress" and data.get("prompt_id") in (None, prompt_id):
+                    progress.append((data.get("node"), data.get("value"), data.get("max")))
+        except (websocket.WebSocketTimeoutException, TimeoutError):
+            return
 
     def run(self, prompt: dict, timeout: float = 600) -> PromptResult:
+        self.websocket()
         return self.wait(self.post_prompt(prompt), timeout)
 
     def __enter__(self):

@@ -28,7 +28,7 @@ def existing_file(root: str | os.PathLike, relative: str, input_name: str) -> Pa
     """Like resolve_inside, and the file must exist."""
     path = resolve_inside(root, relative, input_name)
     if not path.is_file():
-        raise InputError(input_name, f"file '{relative}' not found in {root}")
+        raise InputError(input_name, f"'{relative}' not found in {root}")
     return path
 
 

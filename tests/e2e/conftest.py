@@ -1,17 +1,19 @@
 """A real ComfyUI server, started once for the end-to-end tests, with the pack installed."""
-import os
 import shutil
 
 import psutil
 import pytest
 
-from devtools.comfy_server import ComfyServer
+from devtools.comfy_server import REPO, ComfyServer
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory, models_cache):
     base = tmp_path_factory.mktemp("comfy-base")
     (base / "models").symlink_to(models_cache, target_is_directory=True)
+    (base / "input").mkdir()
+    for item in (REPO / "workflows" / "inputs").iterdir():
+        shutil.copy2(item, base / "input" / item.name)
     server = ComfyServer(base, env={"OMP_NUM_THREADS": "2"}).start()
     yield server
     server_pid = server.process.pid

@@ -1,0 +1,63 @@
+"""`make bench`: run every benchmarks/bench_*.py, print each figure, write results.json.
+
+Each module exposes `run() -> {name: {value, unit, better, what}}`, measuring the
+compared variants side by side in one run. A failing benchmark is reported and the
+others still run; the exit status says whether all succeeded.
+"""
+import importlib.util
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+REQUIRED_KEYS = {"value", "unit", "better", "what"}
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check(name: str, figure: dict) -> None:
+    missing = REQUIRED_KEYS - figure.keys()
+    if missing or figure["better"] not in ("higher", "lower"):
+        raise ValueError(f"{name}: malformed figure {figure}")
+
+
+def main(only: list[str]) -> int:
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "utils"))
+    import pack_alias
+
+    pack_alias.register()
+    results, failed = {}, []
+    for path in sorted(HERE.glob("bench_*.py")):
+        if only and path.stem not in only:
+            continue
+        print(f"== {path.stem}", flush=True)
+        started = time.monotonic()
+        try:
+            figures = load(path).run()
+            for name, figure in figures.items():
+                check(name, figure)
+                print(f"   {name} = {figure['value']:.4g} {figure['unit']} ({figure['better']} is better): "
+                      f"{figure['what']}")
+            results.update(figures)
+        except Exception:
+            traceback.print_exc()
+            failed.append(path.stem)
+        print(f"   ({time.monotonic() - started:.0f}s)", flush=True)
+    out = HERE / "results.json"
+    previous = json.loads(out.read_text()) if out.exists() and only else {}
+    out.write_text(json.dumps({**previous, **results}, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(results)} figures to {out}" + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

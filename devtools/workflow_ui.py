@@ -1,0 +1,111 @@
+"""Write the UI-format twin (drag into ComfyUI) of each API-format workflow.
+
+`python -m devtools.workflow_ui [names...]` starts a real ComfyUI with the pack, reads
+/object_info to know which inputs are widgets and in which order (seed inputs get the
+frontend's extra "control_after_generate" widget), and writes workflows/<name>.json
+next to workflows/api/<name>.json. The layout is a simple left-to-right by depth.
+"""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+API_DIR = REPO / "workflows" / "api"
+UI_DIR = REPO / "workflows"
+
+
+def is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+
+
+def input_specs(info: dict) -> list[tuple[str, list]]:
+    specs = []
+    for section in ("required", "optional"):
+        specs += list(info["input"].get(section, {}).items())
+    return specs
+
+
+def widget_values(node: dict, info: dict) -> list:
+    values = []
+    for name, spec in input_specs(info):
+        kind = spec[0]
+        options = spec[1] if len(spec) > 1 else {}
+        is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+        if not is_widget or is_link(node["inputs"].get(name)):
+            continue
+        values.append(node["inputs"].get(name, options.get("default")))
+        if options.get("control_after_generate"):
+            values.append("fixed")
+    return values
+
+
+def depth_of(api: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(node_id: str) -> int:
+        if node_id not in depth:
+            parents = [v[0] for v in api[node_id]["inputs"].values() if is_link(v)]
+            depth[node_id] = 1 + max((visit(p) for p in parents), default=-1)
+        return depth[node_id]
+
+    for node_id in api:
+        visit(node_id)
+    return depth
+
+
+def api_to_ui(api: dict, object_info: dict) -> dict:
+    depth = depth_of(api)
+    rows: dict[int, int] = {}
+    nodes, links = [], []
+    outputs: dict[tuple[str, int], list[int]] = {}
+    for node_id, node in api.items():
+        for name, value in node["inputs"].items():
+            if is_link(value):
+                link_id = len(links) + 1
+                out_type = object_info[api[value[0]]["class_type"]]["output"][value[1]]
+                links.append([link_id, int(value[0]), value[1], int(node_id), name, out_type])
+                outputs.setdefault((value[0], value[1]), []).append(link_id)
+    for node_id, node in api.items():
+        info = object_info[node["class_type"]]
+        column = depth[node_id]
+        row = rows.get(column, 0)
+        rows[column] = row + 1
+        node_inputs = []
+        for name, spec in input_specs(info):
+            if is_link(node["inputs"].get(name)):
+                link = next(l for l in links if l[3] == int(node_id) and l[4] == name)
+                node_inputs.append({"name": name, "type": link[5], "link": link[0]})
+        for slot, entry in enumerate(node_inputs):
+            for link in links:
+                if link[0] == entry["link"]:
+                    link[4] = slot
+        node_outputs = [{"name": name, "type": kind, "links": outputs.get((node_id, slot), []), "slot_index": slot}
+                        for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"]))]
+        nodes.append({"id": int(node_id), "type": node["class_type"], "pos": [60 + 360 * column, 60 + 260 * row],
+                      "size": [320, 200], "flags": {}, "order": depth[node_id], "mode": 0,
+                      "inputs": node_inputs, "outputs": node_outputs,
+                      "properties": {"Node name for S&R": node["class_type"]},
+                      "widgets_values": widget_values(node, info)})
+    return {"last_node_id": max(int(k) for k in api), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def main(names: list[str]) -> None:
+    sys.path.insert(0, str(REPO))
+    from devtools.comfy_server import ComfyServer
+    from devtools.demo_models import ensure_models
+
+    files = [API_DIR / f"{n}.json" for n in names] if names else sorted(API_DIR.glob("*.json"))
+    with tempfile.TemporaryDirectory() as base:
+        (Path(base) / "models").symlink_to(ensure_models(REPO / "out" / "models-cache")[0].parents[1])
+        with ComfyServer(Path(base)) as server:
+            object_info = server.get("/object_info")
+    for api_file in files:
+        ui = api_to_ui(json.loads(api_file.read_text()), object_info)
+        (UI_DIR / api_file.name).write_text(json.dumps(ui, indent=1) + "\n")
+        print(f"wrote {UI_DIR / api_file.name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
