@@ -25,7 +25,7 @@ import torch
 
 from ..offload.checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
 from ..offload.ledger import ResidentLedger, planned_peak, swapped_indices
-from ..offload.swap import OffloadConfig, enable_offload, place_blocks
+from ..offload.swap import BlockOffloader, OffloadConfig, place_blocks
 from .blocks import transformer_blocks
 from .comfy_runtime import ensure_comfy
 
@@ -52,21 +52,35 @@ class OffloadSettings:
 
 @dataclass
 class OffloadState:
-    """Settings and ledger of one OffloadApply, shared by the patcher's clones; also the forward wrapper."""
+    """Settings and ledger of one OffloadApply, shared by the patcher's clones; also the forward wrapper.
+
+    The offloader (block slots, schedule) is built once and kept; each forward only registers
+    its hooks and removes them after, so other clones of the same model run untouched.
+    """
 
     settings: OffloadSettings
     ledger: ResidentLedger = field(default_factory=ResidentLedger)
+    offloader: BlockOffloader | None = field(default=None, repr=False, compare=False)
 
     def config(self, compute_device: torch.device) -> OffloadConfig:
         s = self.settings
         return OffloadConfig(s.blocks_to_swap, s.prefetch_blocks, s.pin_memory, s.offload_device, compute_device)
+
+    def offloader_for(self, blocks: torch.nn.ModuleList, device: torch.device) -> BlockOffloader:
+        cached = self.offloader
+        if cached is None or cached.blocks is not blocks or cached.compute_device != device:
+            config = self.config(device)
+            config.check(len(blocks))
+            self.offloader = BlockOffloader(blocks, config, self.ledger)
+        return self.offloader
 
     def __call__(self, executor, x, *args, **kwargs):
         """DIFFUSION_MODEL wrapper: offload (and checkpoint) the blocks for this forward only."""
         blocks = transformer_blocks(executor.class_obj)
         if self.settings.gradient_checkpointing:
             enable_gradient_checkpointing(blocks)
-        offloader = enable_offload(blocks, self.config(x.device), self.ledger)
+        offloader = self.offloader_for(blocks, x.device)
+        offloader.resume()
         try:
             return executor(x, *args, **kwargs)
         finally:

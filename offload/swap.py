@@ -52,10 +52,13 @@ class OffloadConfig:
 
 @dataclass
 class _Fetched:
-    """A swapped block's device copies, ready after `event`, and the host tensors they mirror."""
+    """A swapped block on its way to the compute device: ready after `event`.
 
-    hosts: list
-    copies: list
+    `moved` lists (slot, host tensor, device copy) for the tensors that really were copied;
+    on the CPU `transfer` returns the host tensor itself and the list stays empty.
+    """
+
+    moved: list
     event: object
     nbytes: int
     active: bool = False
@@ -80,42 +83,54 @@ class _BlockSlots:
         return found
 
     def tensors(self) -> list:
-        return [(module._parameters if is_param else module._buffers)[name] for module, name, is_param in self.slots]
+        """The current data of each slot (a parameter's `.data`, a buffer itself)."""
+        return [module._parameters[name].data if is_param else module._buffers[name]
+                for module, name, is_param in self.slots]
 
-    def point_to(self, tensors: list) -> None:
-        """Make the block's parameters and buffers use `tensors` (same order as the slots)."""
-        for (module, name, is_param), tensor in zip(self.slots, tensors):
-            if is_param:
-                param = module._parameters[name]
-                if param.data is not tensor:
-                    param.data = tensor
-            else:
-                module._buffers[name] = tensor
+    @staticmethod
+    def point(slot: tuple, tensor: torch.Tensor) -> None:
+        """Make one parameter / buffer use `tensor` (parameters keep their identity)."""
+        module, name, is_param = slot
+        if is_param:
+            module._parameters[name].data = tensor
+        else:
+            module._buffers[name] = tensor
 
 
 class BlockOffloader:
-    """The hooks and state of one offloaded block list; `disable()` undoes everything."""
+    """The hooks and state of one offloaded block list.
+
+    `attach()` places the blocks and starts offloading; `disable()` removes the hooks and
+    releases what is on the compute device; `resume()` registers the hooks again without
+    placing anything (cheap enough to do around every forward).
+    """
 
     def __init__(self, blocks: nn.ModuleList, config: OffloadConfig, ledger: ResidentLedger | None = None):
         self.blocks = blocks
         self.config = config
         self.compute_device = torch.device(config.compute_device)
-        self.offload_device = torch.device(config.offload_device)
         self.swapped = swapped_indices(len(blocks), config.blocks_to_swap)
+        self.is_swapped = set(self.swapped)
         self.slots = [_BlockSlots.of(block) for block in blocks]
         self.ledger = ledger if ledger is not None else ResidentLedger()
         self.stream = CopyStream(self.compute_device)
         self.fetched: dict[int, _Fetched] = {}
         self.handles = []
-        self.is_swapped = set(self.swapped)
         self.upcoming = [[j for j in range(i, min(len(blocks), i + config.prefetch_blocks + 1)) if j in self.is_swapped]
                          for i in range(len(blocks))]
 
     def attach(self) -> None:
         """Place the blocks and register the hooks of the swapped schedule."""
         _place(self.slots, self.config)
+        self.resume()
+
+    def resume(self) -> None:
+        """Register the hooks (again); the blocks are assumed placed."""
+        if _ACTIVE.get(self.blocks) not in (None, self):
+            _ACTIVE[self.blocks].disable()
+        _ACTIVE[self.blocks] = self
         self.ledger.set_resident_blocks(sum(s.nbytes for i, s in enumerate(self.slots) if i not in self.is_swapped))
-        if not self.swapped:
+        if self.handles or not self.swapped:
             return
         first = self.swapped[0] - self.config.prefetch_blocks
         for index in range(max(0, first), len(self.blocks)):
@@ -132,16 +147,18 @@ class BlockOffloader:
                 self._fetch(upcoming)
         fetched = self.fetched.get(index)
         if fetched is not None and not fetched.active:
-            self.stream.wait(fetched.event, fetched.copies)
-            self.slots[index].point_to(fetched.copies)
+            self.stream.wait(fetched.event, [copy for _, _, copy in fetched.moved])
+            for slot, _, copy in fetched.moved:
+                _BlockSlots.point(slot, copy)
             fetched.active = True
 
     def _fetch(self, index: int) -> None:
         slots = self.slots[index]
-        hosts = [tensor.data if isinstance(tensor, nn.Parameter) else tensor for tensor in slots.tensors()]
+        hosts = slots.tensors()
         with self.stream.copying():
             copies = [transfer(host, self.compute_device, non_blocking=True) for host in hosts]
-        self.fetched[index] = _Fetched(hosts, copies, self.stream.record(), slots.nbytes)
+        moved = [(slot, host, copy) for slot, host, copy in zip(slots.slots, hosts, copies) if copy is not host]
+        self.fetched[index] = _Fetched(moved, self.stream.record(), slots.nbytes)
         self.ledger.fetch(index, slots.nbytes)
 
     def _after(self, index: int, module: nn.Module, args: tuple, output) -> None:
@@ -152,11 +169,12 @@ class BlockOffloader:
         if fetched is None:
             return
         if fetched.active:
-            self.slots[index].point_to(fetched.hosts)
+            for slot, host, _ in fetched.moved:
+                _BlockSlots.point(slot, host)
         self.ledger.release(index, fetched.nbytes)
 
     def disable(self) -> None:
-        """Remove the hooks and release every block still on the compute device."""
+        """Remove the hooks and release every block still on the compute device; `resume()` undoes it."""
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
@@ -172,13 +190,12 @@ def _place(slots: list, config: OffloadConfig) -> None:
     swapped = set(swapped_indices(len(slots), config.blocks_to_swap))
     for index, block_slots in enumerate(slots):
         device = offload if index in swapped else compute
-        moved = []
-        for tensor in block_slots.tensors():
-            target = tensor.data if isinstance(tensor, nn.Parameter) else tensor
-            if target.device != device:
-                target = transfer(target, device)
-            moved.append(pin(target, compute) if config.pin_memory and index in swapped else target)
-        block_slots.point_to(moved)
+        for slot, tensor in zip(block_slots.slots, block_slots.tensors()):
+            target = transfer(tensor, device) if tensor.device != device else tensor
+            if config.pin_memory and index in swapped:
+                target = pin(target, compute)
+            if target is not tensor:
+                _BlockSlots.point(slot, target)
 
 
 def place_blocks(blocks: nn.ModuleList, config: OffloadConfig) -> None:
@@ -202,7 +219,6 @@ def enable_offload(blocks: nn.ModuleList, config: OffloadConfig, ledger: Residen
     disable_offload(blocks)
     offloader = BlockOffloader(blocks, config, ledger)
     offloader.attach()
-    _ACTIVE[blocks] = offloader
     return offloader
 
 

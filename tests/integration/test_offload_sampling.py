@@ -53,7 +53,9 @@ def test_same_latent_as_plain_model(model, blocks_to_swap, prefetch):
     expected = sample(model)
     offloaded = apply_offload(model, OffloadSettings(blocks_to_swap, prefetch))
     assert torch.equal(sample(offloaded), expected)
-    assert swap.active_offloader(offloaded.model.diffusion_model.blocks) is None
+    blocks = offloaded.model.diffusion_model.blocks
+    assert swap.active_offloader(blocks) is None
+    assert not any(block._forward_pre_hooks or block._forward_hooks for block in blocks)
 
 
 class Recorder:

@@ -156,3 +156,24 @@ def test_choose_blocks_to_swap_fewest_that_fit():
     assert choose_blocks_to_swap(sizes, 1, 1000) == 0
     assert choose_blocks_to_swap(sizes, 1, 45, base_bytes=5) == 4  # 5 + 2 resident + 2 in flight
     assert choose_blocks_to_swap(sizes, 1, 24, base_bytes=5) is None
+
+
+def test_real_copies_are_used_during_the_block_and_dropped_after(model, monkeypatch):
+    """With a `transfer` that really copies (as to a GPU), blocks compute on the copies, then point back."""
+    hosts = {id(p): p.data for p in model.blocks.parameters()}
+    copies, seen = [], []
+    monkeypatch.setattr(swap, "transfer", lambda t, device, non_blocking=False: copies.append(t.clone()) or copies[-1])
+    for block in model.blocks:
+        block.linear.register_forward_pre_hook(lambda m, a: seen.append(m.weight.data_ptr()))
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        expected = model(x)
+        offloader = enable_offload(model.blocks, OffloadConfig(4, prefetch_blocks=1))
+        assert torch.equal(model(x), expected)
+    copy_ptrs = {c.data_ptr() for c in copies}
+    offloaded_run = seen[6:]  # the first 6 entries are the plain forward
+    assert all(ptr in copy_ptrs for ptr in offloaded_run[2:])  # swapped blocks 2..5 ran on their copies
+    assert all(ptr not in copy_ptrs for ptr in offloaded_run[:2])  # resident blocks 0, 1 on their own weights
+    assert all(p.data_ptr() == hosts[id(p)].data_ptr() for p in model.blocks.parameters())  # pointed back
+    assert offloader.ledger.resident_bytes == sum(block_bytes(b) for b in model.blocks[:2])
+    offloader.disable()
