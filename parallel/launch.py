@@ -34,6 +34,7 @@ import os
 import shlex
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -133,6 +134,7 @@ class WorkerGroup:
         self._closed = False
         session = Session(self.world_size, self.config.control, self._authkey)
         self._session = session
+        self._finalizer = weakref.finalize(self, session.shutdown, False)  # no child outlives the caller
         try:
             rendezvous = session.make_store(self.config.master_addr, self.config.master_port,
                                             use_tcp=not self.config.is_local)
@@ -243,6 +245,7 @@ class WorkerGroup:
     def _end_session(self, graceful: bool) -> None:
         session, self._session = self._session, None
         if session is not None:
+            self._finalizer.detach()
             session.shutdown(graceful=graceful)
 
     def _common_env(self, rank: int, local_rank: int, device: str) -> dict:

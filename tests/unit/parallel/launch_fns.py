@@ -23,11 +23,12 @@ def all_reduce_rows(ctx, full: torch.Tensor):
     return total
 
 
-def crash(ctx, bad_rank: int):
-    """Rank `bad_rank` raises; the others wait in a barrier the failing rank never reaches."""
+def crash(ctx, bad_rank: int, others_wait_in_barrier: bool):
+    """Rank `bad_rank` raises; the others (optionally) wait in a barrier it never reaches."""
     if ctx.rank == bad_rank:
         raise ZeroDivisionError(f"rank {ctx.rank} divided by zero on purpose")
-    dist.barrier()
+    if others_wait_in_barrier:
+        dist.barrier()
     return ctx.rank
 
 
@@ -60,3 +61,37 @@ def sleep_forever(ctx):
     ctx.event({"pid": os.getpid()})
     while True:
         time.sleep(0.05)
+
+
+def module_report(ctx):
+    """What the worker imported: the pack alias, its own entry point, no generic top-level names."""
+    import sys
+
+    generic = {"utils", "models", "nodes", "parallel", "offload", "launch", "devices", "sequence", "main"}
+    return {"alias": "comfyui_parallel" in sys.modules, "main_file": sys.modules["__main__"].__file__,
+            "generic": sorted(generic & set(sys.modules)), "threads": torch.get_num_threads()}
+
+
+def run_shared_linear(ctx, handle, x: torch.Tensor, poke: bool):
+    """Rebuild a Linear from shared weights, run it; rank 0 optionally writes into the weights."""
+    from comfyui_parallel.parallel.shared_weights import rebuild_module
+
+    module = rebuild_module("torch.nn:Linear", {"in_features": x.shape[-1], "out_features": 3}, handle)
+    with torch.no_grad():
+        out = module(x)
+    if poke and ctx.rank == 0:
+        handle.open()["bias"][0] = 42.0
+    dist.barrier()
+    return out
+
+
+class WithBuffer(torch.nn.Module):
+    """A module whose __init__ computes a non-persistent buffer (absent from its state dict)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(width, width)
+        self.register_buffer("scale", torch.arange(1, width + 1, dtype=torch.float32), persistent=False)
+
+    def forward(self, x):
+        return self.proj(x) * self.scale
