@@ -1,0 +1,116 @@
+"""distributed mode: worker processes (gloo on the CPU) with Ulysses attention, sampled by ComfyUI in-process.
+
+Each run is compared with the plain single-process run for the same seed. The Wan here has
+dim 256 (two heads), so three ranks exercise both head padding and token padding.
+"""
+import gc
+
+import pytest
+import torch
+
+from multi_gpu_helpers import load_wan_layers, sample  # configures ComfyUI for the CPU first
+
+import comfy.model_management  # noqa: E402
+import comfy.patcher_extension  # noqa: E402
+import comfy.sd  # noqa: E402
+from comfyui_parallel.models.multi_gpu_distributed import REGISTRY  # noqa: E402
+from comfyui_parallel.models.multi_gpu_runners import runner_of  # noqa: E402
+from comfyui_parallel.models.multi_gpu_settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
+
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # attention on shards rounds differently in the last bits
+
+
+def wan256():
+    from devtools.demo_models import tiny_wan_state_dict
+
+    return comfy.sd.load_diffusion_model_state_dict(tiny_wan_state_dict(dim=256, num_layers=2, seed=3))
+
+
+def distributed(model, gpu_ids: str):
+    return apply_multi_gpu(model, resolve(model, MultiGPURequest("distributed", gpu_ids)))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return sample(wan256())
+
+
+@pytest.fixture(scope="module")
+def keep_groups():
+    """Hold one MODEL per device set for the module, so the tests share started workers."""
+    keepers = {ids: distributed(wan256(), ids) for ids in ("cpu,cpu", "cpu,cpu,cpu")}
+    for model in keepers.values():
+        runner_of(model).lease.get()
+    yield keepers
+    for model in keepers.values():
+        runner_of(model).close()
+    gc.collect()
+    assert REGISTRY.pids() == [], "workers outlived every MODEL using them"
+
+
+@pytest.mark.parametrize("gpu_ids", ["cpu,cpu", "cpu,cpu,cpu"])
+def test_distributed_equals_plain(keep_groups, reference, gpu_ids):
+    model = distributed(wan256(), gpu_ids)
+    torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+    runner = runner_of(model)
+    assert len(runner.pids) == len(gpu_ids.split(",")) and runner.cfg_degree == 1
+    assert runner.pids == runner_of(keep_groups[gpu_ids]).pids, "workers are shared by device set"
+    first = runner.lease.loaded
+    torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+    assert runner.lease.loaded == first, "the second prompt reused the loaded workers"
+
+
+def test_lora_patch_after_distributed_reaches_the_workers(keep_groups):
+    key = "diffusion_model.blocks.0.self_attn.k.weight"
+
+    def patched(model):
+        clone = model.clone()
+        clone.add_patches({key: (torch.full_like(clone.model.state_dict()[key], 0.02),)}, strength_patch=1.0)
+        return clone
+
+    expected = sample(patched(wan256()))
+    model = distributed(wan256(), "cpu,cpu")
+    plain_result = sample(model)
+    torch.testing.assert_close(sample(patched(model)), expected, **TOLERANCE)
+    assert (plain_result - expected).abs().max() > 1e-3, "the patch changes the result"
+
+
+def test_per_frame_timesteps_of_wan22_are_split_with_the_tokens(keep_groups):
+    """Wan 2.2 TI2V gives one timestep per latent frame; each rank must take its tokens' rows."""
+    plain = wan256().model.diffusion_model
+    model = distributed(wan256(), "cpu,cpu,cpu")
+    runner = runner_of(model)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 3, 8, 8, generator=generator)
+    timestep = torch.tensor([[900.0, 500.0, 100.0], [800.0, 400.0, 0.0]])
+    context = torch.randn(2, 6, 4096, generator=generator)
+    executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(
+        model.model.diffusion_model._forward, model.model.diffusion_model, [runner])
+    with torch.inference_mode():
+        expected = plain(x, timestep, context)
+        got = executor.execute(x, timestep, context, None, None, {})
+    torch.testing.assert_close(got, expected, **TOLERANCE)
+
+
+def test_four_workers_split_cfg_and_sequence(reference):
+    model = distributed(wan256(), "cpu,cpu,cpu,cpu")
+    runner = runner_of(model)
+    assert runner.cfg_degree == 2
+    torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+    pids = runner.pids
+    assert len(pids) == 4
+    del model, runner
+    gc.collect()
+    assert not set(pids) & set(REGISTRY.pids()), "workers outlived the last MODEL using them"
+
+
+def test_unloading_the_model_closes_its_workers(keep_groups):
+    runner_of(keep_groups["cpu,cpu"]).close()  # this MODEL becomes the only user of its workers
+    model = distributed(load_wan_layers(2), "cpu,cpu")
+    sample(model)
+    pids = runner_of(model).pids
+    assert pids and set(pids) <= set(REGISTRY.pids())
+    comfy.model_management.unload_all_models()
+    assert not set(pids) & set(REGISTRY.pids())
+    torch.testing.assert_close(sample(model), sample(load_wan_layers(2)), **TOLERANCE)
+    runner_of(model).close()
