@@ -172,3 +172,11 @@ def test_comfy_lowvram_load_leaves_swapped_blocks_alone(model):
             assert not getattr(module, "weight_function", []) and not hasattr(module, "prev_comfy_cast_weights")
     assert any(hasattr(m, "prev_comfy_cast_weights") for m in blocks[0].modules())
     offloaded.unpatch_model(torch.device("cpu"))
+
+
+def test_pin_memory_and_checkpointing_options_keep_the_latent(model):
+    expected = sample(model)
+    settings = OffloadSettings(blocks_to_swap=2, prefetch_blocks=2, pin_memory=True, gradient_checkpointing=True)
+    offloaded = apply_offload(model, settings)
+    assert torch.equal(sample(offloaded), expected)
+    assert all("forward" not in block.__dict__ for block in offloaded.model.diffusion_model.blocks)
