@@ -63,8 +63,10 @@ class OffloadState:
     offloader: BlockOffloader | None = field(default=None, repr=False, compare=False)
 
     def config(self, compute_device: torch.device) -> OffloadConfig:
+        """The engine's config. Pinning is left to ComfyUI's in-place `pin_weight_to_device` at load
+        (page-locks the very tensors, so the host never holds a pinned and an unpinned copy)."""
         s = self.settings
-        return OffloadConfig(s.blocks_to_swap, s.prefetch_blocks, s.pin_memory, s.offload_device, compute_device)
+        return OffloadConfig(s.blocks_to_swap, s.prefetch_blocks, False, s.offload_device, compute_device)
 
     def offloader_for(self, blocks: torch.nn.ModuleList, device: torch.device) -> BlockOffloader:
         cached = self.offloader
@@ -128,26 +130,34 @@ class OffloadPatcherMixin:
         self._load_swapped_blocks(device_to)
 
     def _load_swapped_blocks(self, device_to) -> None:
-        """Patch the swapped blocks' weights where they live and book their prefetch window."""
+        """Put the swapped blocks on the offload device, patch their weights there, book the window."""
         state = self.offload_state
-        blocks = transformer_blocks(self.model)
-        compute = device_to if device_to is not None else self.load_device
-        place_blocks(blocks, state.config(torch.device(compute)))
-        names = {block: name for name, block in self.model.named_modules()}
-        for block in self.swapped_blocks():
-            for module_name, module in block.named_modules():
-                if getattr(module, "comfy_patched_weights", False):
-                    continue
-                prefix = f"{names[block]}.{module_name}".rstrip(".")
-                for param_name, _ in module.named_parameters(recurse=False):
-                    key = f"{prefix}.{param_name}"
-                    self.patch_weight_to_device(key, device_to=None)
-                    if state.settings.pin_memory:
-                        self.pin_weight_to_device(key)
-                module.comfy_patched_weights = True
-        window = self.planned_resident_bytes() - comfy.model_management.module_size(self.model)
-        window += sum(comfy.model_management.module_size(b) for b in self.swapped_blocks())
-        self.model.model_loaded_weight_memory += window
+        compute = torch.device(device_to if device_to is not None else self.load_device)
+        place_blocks(transformer_blocks(self.model), state.config(compute), swapped_only=True)
+        for module, keys in self._swapped_modules_and_keys():
+            if getattr(module, "comfy_patched_weights", False):
+                continue
+            for key in keys:
+                self.patch_weight_to_device(key, device_to=None)
+                if state.settings.pin_memory:
+                    self.pin_weight_to_device(key)
+            module.comfy_patched_weights = True
+        self.model.model_loaded_weight_memory += self.window_bytes()
+
+    def _swapped_modules_and_keys(self):
+        """(module, its own parameters' state-dict keys) for every module inside a swapped block."""
+        swapped = {id(block) for block in self.swapped_blocks()}
+        for block_name, block in self.model.named_modules():
+            if id(block) in swapped:
+                for name, module in block.named_modules(prefix=block_name):
+                    yield module, [f"{name}.{param}" for param, _ in module.named_parameters(recurse=False)]
+
+    def window_bytes(self) -> int:
+        """Planned bytes of the swapped blocks in flight at once (prefetch window)."""
+        sizes, _ = block_sizes(self.model)
+        settings = self.offload_state.settings
+        resident = sum(sizes[: len(sizes) - settings.blocks_to_swap])
+        return planned_peak(sizes, settings.blocks_to_swap, settings.prefetch_blocks) - resident
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         super().unpatch_model(None, unpatch_weights)

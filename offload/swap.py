@@ -184,11 +184,13 @@ class BlockOffloader:
             del _ACTIVE[self.blocks]
 
 
-def _place(slots: list, config: OffloadConfig) -> None:
+def _place(slots: list, config: OffloadConfig, swapped_only: bool = False) -> None:
     """Swapped blocks to the offload device (pinned when asked), the others to the compute device."""
     compute, offload = torch.device(config.compute_device), torch.device(config.offload_device)
     swapped = set(swapped_indices(len(slots), config.blocks_to_swap))
     for index, block_slots in enumerate(slots):
+        if swapped_only and index not in swapped:
+            continue
         device = offload if index in swapped else compute
         for slot, tensor in zip(block_slots.slots, block_slots.tensors()):
             target = transfer(tensor, device) if tensor.device != device else tensor
@@ -198,10 +200,13 @@ def _place(slots: list, config: OffloadConfig) -> None:
                 _BlockSlots.point(slot, target)
 
 
-def place_blocks(blocks: nn.ModuleList, config: OffloadConfig) -> None:
-    """Put each block where `config` keeps it between forwards, copying only what is elsewhere."""
+def place_blocks(blocks: nn.ModuleList, config: OffloadConfig, swapped_only: bool = False) -> None:
+    """Put each block where `config` keeps it between forwards, copying only what is elsewhere.
+
+    With `swapped_only` the resident blocks are left to whoever loads them (ComfyUI's loader).
+    """
     config.check(len(blocks))
-    _place([_BlockSlots.of(block) for block in blocks], config)
+    _place([_BlockSlots.of(block) for block in blocks], config, swapped_only)
 
 
 def _refuse_gradients(module: nn.Module, args: tuple, kwargs: dict) -> None:
