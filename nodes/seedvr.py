@@ -1,5 +1,6 @@
 """SeedVR Loader and SeedVR Single-GPU Upscaler: video restoration / upscaling with SeedVR(2)."""
 import os
+from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.utils
@@ -40,7 +41,7 @@ def _find(name: str, folders, input_name: str):
     for folder in folders:
         path = folder_paths.get_full_path(folder, name)
         if path:
-            return path
+            return Path(path)
     raise InputError(input_name, f"'{name}' not found", "a file in the models folders " + ", ".join(folders))
 
 

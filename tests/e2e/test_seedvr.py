@@ -1,0 +1,67 @@
+"""SeedVR through the real server: the bundled workflow, determinism, and clear input errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from devtools.comfy_server import REPO
+
+WORKFLOW = json.loads((REPO / "workflows" / "api" / "seedvr_upscale.json").read_text())
+INPUTS = ["seedvr_demo_frame.png", "seedvr_tiny_pos_emb.safetensors", "seedvr_tiny_neg_emb.safetensors"]
+
+
+@pytest.fixture
+def seedvr_inputs(input_dir):
+    for name in INPUTS:
+        if not (input_dir / name).exists():
+            shutil.copy(REPO / "workflows" / "inputs" / name, input_dir / name)
+    return input_dir
+
+
+def _prompt(**upscaler):
+    prompt = json.loads(json.dumps(WORKFLOW))
+    prompt["6"]["inputs"].update(upscaler)
+    return prompt
+
+
+def _frames(result, server) -> list:
+    files = sorted(f for f in result.output_files(server.base_dir) if f.suffix == ".png")
+    return [np.asarray(Image.open(f)) for f in files]
+
+
+def test_bundled_workflow_upscales_every_frame_deterministically(server, seedvr_inputs):
+    first = server.run(WORKFLOW)
+    assert first.status == "success", first.error_text
+    frames = _frames(first, server)
+    assert len(frames) == 5 and frames[0].shape == (64, 96, 3)
+    server.free()
+    again = _frames(server.run(WORKFLOW), server)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again))
+
+
+def test_cfg_with_negative_and_chunk_overlap_run(server, seedvr_inputs):
+    result = server.run(_prompt(cfg_scale=2.0, sample_steps=2, batch_size=1, temporal_overlap=0, seed=1))
+    assert result.status == "success", result.error_text
+    assert len(_frames(result, server)) == 5
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"batch_size": 3}, "batch_size"),
+    ({"temporal_overlap": 5}, "temporal_overlap"),
+])
+def test_bad_upscaler_inputs_are_clear_errors(server, seedvr_inputs, change, message):
+    result = server.run(_prompt(**change))
+    assert result.status == "error"
+    assert message in result.error_text
+
+
+def test_embedding_of_wrong_width_is_a_clear_error(server, seedvr_inputs):
+    prompt = _prompt()
+    shutil.copy(REPO / "workflows" / "inputs" / "wan_cond.safetensors", seedvr_inputs / "test_wan_cond.safetensors")
+    prompt["2"]["inputs"]["file"] = "test_wan_cond.safetensors"
+    result = server.run(prompt)
+    assert result.status == "error"
+    assert "positive" in result.error_text and "[tokens, 32]" in result.error_text
+    assert server.run(WORKFLOW).status == "success"  # the server stays up and works
