@@ -1,0 +1,44 @@
+"""A tiny SVD-architecture model from ComfyUI's own classes, for tests and benchmarks.
+
+ComfyUI's SVD detection pins the full size (model_channels 320, context 1024), so tests build
+`comfy.supported_models.SVD_img2vid` (-> `comfy.model_base.SVD_img2vid` with the VideoUNet)
+directly with a small config: 64 channels (SVD's fixed 64-channel heads: one head), one
+level, temporal res blocks and temporal attention as in the real model. About 3M parameters;
+a step on 3 frames of 8×8 latents takes tens of milliseconds on one CPU thread.
+"""
+import torch
+
+from devtools.demo_models import comfy_on_path, random_init_
+
+TINY_SVD_UNET_CONFIG = dict(
+    model_channels=64, in_channels=8, out_channels=4, use_linear_in_transformer=True, transformer_depth=[1, 1],
+    transformer_depth_output=[1, 1, 1], channel_mult=[1], num_res_blocks=[2], transformer_depth_middle=1,
+    context_dim=64, adm_in_channels=768, extra_ff_mix_layer=True, use_spatial_context=True,
+    merge_strategy="learned_with_images", merge_factor=0.0, video_kernel_size=[3, 1, 1], use_temporal_resblock=True,
+    use_temporal_attention=True, disable_temporal_crossattention=False, num_classes="sequential",
+    use_spatial_transformer=True, legacy=False, image_size=32,
+)
+
+
+def tiny_svd_model(seed: int = 0, **overrides):
+    """A ModelPatcher over ComfyUI's SVD_img2vid with the tiny config and seeded random weights."""
+    comfy_on_path()
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SVD_img2vid({**TINY_SVD_UNET_CONFIG, **overrides})
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    random_init_(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def tiny_svd_conditioning(frames: int = 3, height: int = 64, width: int = 64, context_dim: int = 64, seed: int = 1):
+    """(positive, negative, latent) shaped as SVD_img2vid_Conditioning makes them, random image embedding."""
+    generator = torch.Generator().manual_seed(seed)
+    embed = torch.randn(1, 1, context_dim, generator=generator)
+    concat = torch.randn(1, 4, height // 8, width // 8, generator=generator)
+    extra = {"motion_bucket_id": 127, "fps": 6, "augmentation_level": 0.0}
+    positive = [[embed, {**extra, "concat_latent_image": concat}]]
+    negative = [[torch.zeros_like(embed), {**extra, "concat_latent_image": torch.zeros_like(concat)}]]
+    return positive, negative, torch.zeros([frames, 4, height // 8, width // 8])

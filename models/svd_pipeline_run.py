@@ -1,0 +1,125 @@
+"""The step pipeline's caller side: share the model, start the stages, collect videos and the report.
+
+Runs in ComfyUI's server (or a test): the model's weights go once into shared memory, one
+worker per device (a long-lived WorkerGroup, kept between prompts) rebuilds ComfyUI's model
+and runs its stage of the steps (models/svd_stage_worker.py). Progress counts every video's
+every step over all stages; ComfyUI's cancel stops all stages. After a cancel or a failure the
+group is closed (its channels may hold half-sent latents) and the next prompt starts a new one.
+"""
+import atexit
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..parallel.devices import storage_device
+from ..parallel.launch import WorkerGroup, WorkerGroupConfig
+from ..parallel.pipeline import PipelineReport, StageStats, split_steps
+from ..parallel.shared_weights import share_state_dict
+from .svd_stage import check_splittable, model_spec, schedule_sigmas
+
+WORKER_FN = "models.svd_stage_worker:run"
+
+
+@dataclass
+class PipelineSettings:
+    """One SVDStepPipelineSampler call, as plain values."""
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    num_videos: int
+    stage_split: str = "even"
+
+
+@dataclass
+class PipelineResult:
+    samples: torch.Tensor  # num_videos × frames, seed order
+    report: PipelineReport
+    step_seconds: list[float]  # measured mean seconds per step (for balanced splits)
+
+
+class _Groups:
+    """Long-lived worker groups by (devices, ComfyUI folder); closed on failure or cancel."""
+
+    def __init__(self):
+        self.groups: dict[tuple, WorkerGroup] = {}
+        self.weights: tuple | None = None  # (base model, SharedWeights) of the latest model
+
+    def get(self, names: tuple, comfyui_dir: str) -> WorkerGroup:
+        key = (names, comfyui_dir)
+        if key not in self.groups:
+            self.groups[key] = WorkerGroup(WorkerGroupConfig(devices=list(names), comfyui_dir=comfyui_dir))
+        return self.groups[key]
+
+    def discard(self, group: WorkerGroup) -> None:
+        for key, value in list(self.groups.items()):
+            if value is group:
+                del self.groups[key]
+        group.close()
+
+    def shared_weights(self, model):
+        """The base model's weights in shared memory, made once per model (the latest one is kept)."""
+        if self.weights is None or self.weights[0] is not model.model:
+            self.release_weights()
+            state = {k: v.detach().to("cpu") for k, v in model.model.state_dict().items()}
+            self.weights = (model.model, share_state_dict(state))
+        return self.weights[1]
+
+    def release_weights(self) -> None:
+        if self.weights is not None:
+            self.weights[1].release()
+            self.weights = None
+
+    def close_all(self) -> None:
+        for group in list(self.groups.values()):
+            group.close()
+        self.groups.clear()
+        self.release_weights()
+
+
+GROUPS = _Groups()
+atexit.register(GROUPS.close_all)
+
+
+def stage_ranges(steps: int, stages: int, split: str, measured: list[float] | None) -> list[tuple[int, int]]:
+    """Even ranges, or balanced by measured per-step seconds when a run with these settings measured them."""
+    if split == "balanced" and measured is not None and len(measured) == steps:
+        return split_steps(steps, stages, measured)
+    return split_steps(steps, stages)
+
+
+def run_pipeline(model, positive, negative, latent: torch.Tensor, settings: PipelineSettings,
+                 devices: list[torch.device], comfyui_dir: str | Path, measured: list[float] | None = None,
+                 on_progress=None, should_cancel=None) -> PipelineResult:
+    """Sample settings.num_videos videos (seeds seed … seed+n−1) through len(devices) stages."""
+    check_splittable(settings.sampler_name)
+    sigmas = schedule_sigmas(model, settings.steps, settings.sampler_name, settings.scheduler)
+    ranges = stage_ranges(len(sigmas) - 1, len(devices), settings.stage_split, measured)
+    names = tuple(str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices)
+    group = GROUPS.get(names, str(comfyui_dir))
+    weights = GROUPS.shared_weights(model)
+    job = {"spec": model_spec(model), "weights": weights, "model_key": weights.spec()["shm_name"],
+           "comfyui_dir": str(comfyui_dir), "sigmas": sigmas, "ranges": ranges, "seed": settings.seed,
+           "cfg": settings.cfg, "sampler_name": settings.sampler_name, "num_videos": settings.num_videos,
+           "positive": positive, "negative": negative, "latent": latent}
+    done = [0] * len(devices)
+
+    def progress(rank, value, _total):
+        done[rank] = value
+        if on_progress is not None:
+            on_progress(sum(done), settings.num_videos * settings.steps)
+
+    started = time.perf_counter()
+    try:
+        results = group.call(WORKER_FN, job, on_progress=progress, should_cancel=should_cancel)
+    except BaseException:
+        GROUPS.discard(group)
+        raise
+    wall = time.perf_counter() - started
+    stats = [StageStats(r["stats"]["stage"], tuple(r["stats"]["steps"]), r["stats"]["busy_s"],
+                        r["stats"]["span_s"], r["stats"]["samples"]) for r in results]
+    step_seconds = [s for r in results for s in r["step_seconds"]]
+    return PipelineResult(results[-1]["samples"], PipelineReport(stats, settings.num_videos, wall), step_seconds)

@@ -1,0 +1,190 @@
+"""One pipeline stage of SVD sampling: a contiguous range of steps with ComfyUI's own sampling.
+
+A stage runs steps [start, end) of one sigma schedule exactly the way KSamplerAdvanced does
+(`sigmas[start:end + 1]`, noise added with the seed only at step 0, `add_noise` disabled
+later), through ComfyUI's CFGGuider and its k-diffusion sampler functions. Two things make
+the chained stages bit-identical to one KSampler run, which plain KSamplerAdvanced chaining
+is not:
+
+- the latent travels in the sampler's own space (`x` before `process_latent_out`), so the
+  scale factor is not divided out and multiplied back in between stages;
+- per-step noise continues where the previous stage stopped: the seeded generator's state
+  travels with the latent (ancestral / SDE samplers), and Brownian-tree samplers get a tree
+  over the whole schedule instead of the stage's part.
+
+Samplers with history across steps (multistep: dpmpp_2m, lms, uni_pc, ...) or with a schedule
+of their own (dpm_fast, dpm_adaptive) cannot be split exactly and are refused.
+"""
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+import comfy.k_diffusion.sampling as k_sampling
+import comfy.sample
+import comfy.samplers
+
+# Checked against full KSampler runs (tests/integration/test_svd_pipeline.py): exact at any split.
+STATELESS_SAMPLERS = ("euler", "euler_cfg_pp", "heun", "dpm_2", "ddim")
+GENERATOR_NOISE_SAMPLERS = ("euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+                            "dpmpp_2s_ancestral_cfg_pp", "ddpm", "lcm", "seeds_2", "seeds_3")
+BROWNIAN_NOISE_SAMPLERS = ("dpmpp_sde", "dpmpp_sde_gpu")
+SPLITTABLE_SAMPLERS = STATELESS_SAMPLERS + GENERATOR_NOISE_SAMPLERS + BROWNIAN_NOISE_SAMPLERS
+
+
+def check_splittable(sampler_name: str) -> None:
+    """Refuse a sampler whose state across steps cannot be carried from stage to stage."""
+    from ..utils.errors import InputError
+
+    if sampler_name not in SPLITTABLE_SAMPLERS:
+        raise InputError("sampler_name", f"'{sampler_name}' keeps history across steps or its own schedule, so "
+                         "splitting its steps over stages would change the result", ", ".join(SPLITTABLE_SAMPLERS))
+
+
+@dataclass
+class StageJob:
+    """What one stage needs for one video: the schedule, its step range and the video's seed."""
+    sigmas: torch.Tensor  # the whole schedule, len = steps + 1
+    start: int
+    end: int
+    seed: int
+    sampler_name: str
+    cfg: float
+
+    @property
+    def first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def last(self) -> bool:
+        return self.end == len(self.sigmas) - 1
+
+
+class CarriedNoise:
+    """ComfyUI's default_noise_sampler, with the generator state handed from stage to stage."""
+
+    def __init__(self, x: torch.Tensor, seed: int, state: torch.Tensor | None):
+        self.x = x
+        self.generator = torch.Generator(device=x.device)
+        self.generator.manual_seed(seed)
+        if state is not None and state.numel():
+            self.generator.set_state(state.cpu())
+
+    def __call__(self, sigma, sigma_next):
+        x = self.x
+        return torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device, generator=self.generator)
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+
+class StageSampler(comfy.samplers.KSAMPLER):
+    """KSAMPLER.sample for a part of the schedule: starts from a carried x, returns the raw x."""
+
+    def __init__(self, job: StageJob, carry: dict | None):
+        base = comfy.samplers.sampler_object(job.sampler_name)
+        super().__init__(base.sampler_function, dict(base.extra_options), base.inpaint_options)
+        self.job = job
+        self.carry_in = carry or {}
+        self.carry_out: dict = {}
+
+    def noise_sampler(self, x: torch.Tensor):
+        """The per-step noise source continuing the full run's (None: the sampler draws none)."""
+        name, job = self.job.sampler_name, self.job
+        if name in BROWNIAN_NOISE_SAMPLERS:
+            positive = job.sigmas[job.sigmas > 0]
+            return k_sampling.BrownianTreeNoiseSampler(x, positive.min(), job.sigmas.max(), seed=job.seed,
+                                                       cpu=not name.endswith("_gpu"))
+        if name in GENERATOR_NOISE_SAMPLERS:
+            return CarriedNoise(x, job.seed, self.carry_in.get("rng"))
+        return None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        extra_args["denoise_mask"] = denoise_mask
+        model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+        model_k.latent_image = latent_image
+        model_k.noise = noise
+        if self.inpaint_options.get("random", False):  # ddim, as KSAMPLER.sample does
+            generator = torch.manual_seed(extra_args.get("seed", 41) + 1)
+            model_k.noise = torch.randn(noise.shape, generator=generator, device="cpu").to(noise.dtype).to(noise.device)
+        model_sampling = model_wrap.inner_model.model_sampling
+        if self.job.first:
+            x = model_sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
+        else:
+            x = self.carry_in["x"].to(device=noise.device, dtype=noise.dtype)
+        options = dict(self.extra_options)
+        noise_sampler = self.noise_sampler(x)
+        if noise_sampler is not None and "noise_sampler" in inspect.signature(self.sampler_function).parameters:
+            options["noise_sampler"] = noise_sampler
+        k_callback = None
+        if callback is not None:
+            k_callback = lambda step: callback(step["i"], step["denoised"], step["x"], len(sigmas) - 1)
+        samples = self.sampler_function(model_k, x, sigmas, extra_args=extra_args, callback=k_callback,
+                                        disable=disable_pbar, **options)
+        self.carry_out = {"x": samples.detach().to("cpu", torch.float32)}
+        if isinstance(noise_sampler, CarriedNoise):
+            self.carry_out["rng"] = noise_sampler.state()
+        if self.job.last:
+            samples = model_sampling.inverse_noise_scaling(sigmas[-1], samples)
+        return samples
+
+
+def schedule_sigmas(model, steps: int, sampler_name: str, scheduler: str) -> torch.Tensor:
+    """The sigma schedule KSampler uses for these settings (denoise 1.0), on the CPU."""
+    sampler = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,
+                                      denoise=1.0, model_options=model.model_options)
+    return sampler.sigmas.cpu()
+
+
+def run_stage(model, positive, negative, latent_image: torch.Tensor, job: StageJob, carry: dict | None,
+              callback=None) -> dict:
+    """Run steps [job.start, job.end) for one video; return the carry for the next stage.
+
+    The last stage's carry holds "samples": the latent KSampler would return for this seed.
+    """
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent_image)
+    if job.first:
+        noise = comfy.sample.prepare_noise(latent_image, job.seed)
+    else:
+        noise = torch.zeros(latent_image.size(), dtype=latent_image.dtype, layout=latent_image.layout)
+    sampler = StageSampler(job, carry)
+    samples = comfy.samplers.sample(model, noise, positive, negative, job.cfg, model.load_device, sampler,
+                                    job.sigmas[job.start:job.end + 1], model_options=model.model_options,
+                                    latent_image=latent_image, callback=callback, disable_pbar=True, seed=job.seed)
+    if job.last:
+        return {"samples": samples.to("cpu")}
+    return sampler.carry_out
+
+
+# --- model transfer: the caller describes the model, each stage worker rebuilds it -------------
+
+def model_spec(model) -> dict:
+    """Plain data to rebuild the patcher's model in a worker: config class, unet config, dtypes."""
+    base = model.model
+    config_class = type(base.model_config)
+    return {"config_class": f"{config_class.__module__}:{config_class.__qualname__}",
+            "unet_config": dict(base.model_config.unet_config), "manual_cast_dtype": base.manual_cast_dtype}
+
+
+def build_model(spec: dict, state_dict: dict, device: torch.device):
+    """ComfyUI's own model class from (spec, weights), in a ModelPatcher on `device`.
+
+    Built on the meta device and given the weights by assignment, so workers on the CPU compute
+    from the shared-memory tensors without a copy.
+    """
+    import importlib
+
+    import comfy.model_patcher
+
+    module_name, _, class_name = spec["config_class"].partition(":")
+    model_config = getattr(importlib.import_module(module_name), class_name)(dict(spec["unet_config"]))
+    model_config.set_inference_dtype(spec["unet_config"].get("dtype", torch.float32), spec["manual_cast_dtype"])
+    with torch.device("meta"):
+        model = model_config.get_model({})
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    left_on_meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left_on_meta:
+        raise ValueError(f"model tensors without weights: {left_on_meta[:5]}")
+    model.eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
