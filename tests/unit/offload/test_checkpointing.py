@@ -84,3 +84,23 @@ def test_disable_restores_forward_and_inference_untouched():
     assert not is_checkpointed(blocks)
     assert all("forward" not in block.__dict__ for block in blocks)
     assert [block.forward for block in blocks] == original
+
+
+def test_lower_peak_memory_seen_by_the_memory_monitor():
+    """The pack's MemoryMonitor (process RSS) sees the activations checkpointing no longer keeps."""
+    from comfyui_parallel.parallel.monitor import MemoryMonitor
+
+    torch.set_num_threads(1)
+    x = torch.randn(16384, 64)
+    blocks = make_blocks()
+
+    def peak_rise() -> int:
+        with MemoryMonitor(devices=[], interval=0.001) as monitor:
+            loss_and_grads(blocks, x)
+        return monitor.peak_rss - monitor.timeline[0].rss
+
+    plain = peak_rise()
+    enable_gradient_checkpointing(blocks)
+    checkpointed = peak_rise()
+    saved_per_block = 16384 * (256 * 2 + 64) * 4  # up, gelu(up), input: what autograd keeps per block
+    assert plain - checkpointed > 4 * saved_per_block, (plain, checkpointed)
