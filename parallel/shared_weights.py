@@ -29,6 +29,7 @@ from ..utils.errors import InputError
 
 ALIGN = 64
 SHM_DIR = Path("/dev/shm")
+_CREATED: set[str] = set()  # blocks this process created (and its resource tracker covers)
 
 
 @dataclass
@@ -68,7 +69,7 @@ class SharedWeights:
         self.shm_name = shm_name
         self.size = size
         self.entries = entries
-        self._shm: shared_memory.SharedMemory | None = None
+        self._buf: memoryview | None = None
         self._finalizer = None
 
     def spec(self) -> dict:
@@ -89,7 +90,7 @@ class SharedWeights:
 
     def open(self) -> dict[str, torch.Tensor]:
         """The state dict as zero-copy views of the shared block."""
-        shm = self._attach()
+        buf = self._attach()
         tensors = {}
         for entry in self.entries:
             dtype = _dtype(entry.dtype)
@@ -97,38 +98,41 @@ class SharedWeights:
             if numel == 0:
                 tensors[entry.name] = torch.empty(entry.shape, dtype=dtype)
                 continue
-            flat = torch.frombuffer(shm.buf, dtype=dtype, count=numel, offset=entry.offset)
+            flat = torch.frombuffer(buf, dtype=dtype, count=numel, offset=entry.offset)
             tensors[entry.name] = flat.view(entry.shape)
         return tensors
 
     def release(self) -> None:
-        """Owner: unlink the block (existing views stay valid). Others: detach."""
+        """Owner: unlink the block's name. Everyone: drop this handle's mapping.
+
+        The memory itself is unmapped when the last tensor viewing it is freed, never before.
+        """
+        self._buf = None
         if self._finalizer is not None:
             self._finalizer()
-            return
-        if self._shm is not None:
-            _close_quietly(self._shm)
-            self._shm = None
 
-    def _attach(self) -> shared_memory.SharedMemory:
-        if self._shm is None:
-            self._shm = shared_memory.SharedMemory(name=self.shm_name)
-            if sys.version_info < (3, 13):
+    def _attach(self) -> memoryview:
+        if self._buf is None:
+            shm = shared_memory.SharedMemory(name=self.shm_name)
+            if sys.version_info < (3, 13) and shm._name not in _CREATED:
                 # Attaching registers the block with this process's resource tracker, which
                 # would unlink it when this (worker) process exits; the owner unlinks it.
-                resource_tracker.unregister(self._shm._name, "shared_memory")
-        return self._shm
+                resource_tracker.unregister(shm._name, "shared_memory")
+            self._buf = _detach_mapping(shm)
+        return self._buf
 
 
-def _close_quietly(shm: shared_memory.SharedMemory) -> None:
-    try:
-        shm.close()
-    except BufferError:
-        pass  # tensors still view it; the mapping goes when they do
+def _detach_mapping(shm: shared_memory.SharedMemory) -> memoryview:
+    """Take the mapping out of `shm` so its close() (run by its __del__) cannot unmap memory
+    that tensors still view: torch.frombuffer keeps the buffer object alive, not mapped, so
+    the lifetime must follow the memoryview's references alone."""
+    buf = shm._buf
+    shm._buf = shm._mmap = None
+    shm.close()  # closes the file descriptor only
+    return buf
 
 
 def _unlink(shm: shared_memory.SharedMemory) -> None:
-    _close_quietly(shm)
     try:
         shm.unlink()
     except FileNotFoundError:
@@ -152,13 +156,13 @@ def share_state_dict(state_dict: Mapping[str, torch.Tensor]) -> SharedWeights:
     _check_space(size)
     shm = shared_memory.SharedMemory(create=True, size=max(size, 1))
     handle = SharedWeights(shm.name, size, entries)
-    handle._shm = shm
+    _CREATED.add(shm._name)
+    handle._buf = _detach_mapping(shm)
     handle._finalizer = weakref.finalize(handle, _unlink, shm)
     for entry, tensor in zip(entries, state_dict.values()):
         if entry.nbytes:
-            target = torch.frombuffer(shm.buf, dtype=torch.uint8, count=entry.nbytes, offset=entry.offset)
+            target = torch.frombuffer(handle._buf, dtype=torch.uint8, count=entry.nbytes, offset=entry.offset)
             target.copy_(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8))
-            del target
     return handle
 
 

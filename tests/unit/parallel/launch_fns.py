@@ -79,6 +79,7 @@ def run_shared_linear(ctx, handle, x: torch.Tensor, poke: bool):
     module = rebuild_module("torch.nn:Linear", {"in_features": x.shape[-1], "out_features": 3}, handle)
     with torch.no_grad():
         out = module(x)
+    dist.barrier()  # every rank has run before rank 0 writes
     if poke and ctx.rank == 0:
         handle.open()["bias"][0] = 42.0
     dist.barrier()
