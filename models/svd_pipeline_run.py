@@ -17,6 +17,7 @@ from ..parallel.devices import storage_device
 from ..parallel.launch import WorkerGroup, WorkerGroupConfig
 from ..parallel.pipeline import PipelineReport, StageStats, split_steps
 from ..parallel.shared_weights import share_state_dict
+from ..utils.errors import Cancelled
 from .svd_stage import check_splittable, model_spec, schedule_sigmas
 
 WORKER_FN = "models.svd_stage_worker:run"
@@ -115,11 +116,13 @@ def run_pipeline(model, positive, negative, latent: torch.Tensor, settings: Pipe
     started = time.perf_counter()
     try:
         results = group.call(WORKER_FN, job, on_progress=progress, should_cancel=should_cancel)
+    except Cancelled:
+        raise  # the stages stopped together and drained their channels: the group stays usable
     except BaseException:
-        GROUPS.discard(group)
+        GROUPS.discard(group)  # a crashed or failed stage: start afresh next time
         raise
     wall = time.perf_counter() - started
-    stats = [StageStats(r["stats"]["stage"], tuple(r["stats"]["steps"]), r["stats"]["busy_s"],
-                        r["stats"]["span_s"], r["stats"]["samples"]) for r in results]
+    stats = [StageStats(r["stats"]["stage"], tuple(r["stats"]["steps"]), r["stats"]["busy_s"], r["stats"]["span_s"],
+                        [tuple(pair) for pair in r["stats"]["ticks"]]) for r in results]
     step_seconds = [s for r in results for s in r["step_seconds"]]
     return PipelineResult(results[-1]["samples"], PipelineReport(stats, settings.num_videos, wall), step_seconds)

@@ -138,16 +138,20 @@ def _comm_device() -> torch.device:
 
 @dataclass
 class StageStats:
-    """One stage's account: its steps, time computing, time waiting, the loop's span."""
+    """One stage's account: its steps, time computing, the loop's span, which sample ran at which tick."""
     stage: int
     steps: tuple[int, int]
     busy_s: float = 0.0
     span_s: float = 0.0
-    samples: int = 0
+    ticks: list = field(default_factory=list)  # (tick, sample) in the order this stage ran them
+
+    @property
+    def samples(self) -> int:
+        return len(self.ticks)
 
     def as_dict(self) -> dict:
         return {"stage": self.stage, "steps": list(self.steps), "busy_s": self.busy_s, "span_s": self.span_s,
-                "samples": self.samples}
+                "ticks": [list(pair) for pair in self.ticks]}
 
 
 @dataclass
@@ -170,9 +174,10 @@ class StageLoop:
     def run(self, work: Callable[[int, dict | None], dict]) -> StageStats:
         stats = StageStats(self.rank, self.steps)
         dist.barrier()
-        begin, pending = time.perf_counter(), []
-        for tick in range(self.num_samples + self.world_size - 1):
-            self._vote_cancel()
+        begin, self._pending = time.perf_counter(), []
+        ticks = self.num_samples + self.world_size - 1
+        for tick in range(ticks):
+            self._vote_cancel(tick)
             sample = tick - self.rank
             if not 0 <= sample < self.num_samples:
                 continue
@@ -180,19 +185,23 @@ class StageLoop:
             started = time.perf_counter()
             state = work(sample, state)
             stats.busy_s += time.perf_counter() - started
-            stats.samples += 1
-            wait_sent(pending)
+            stats.ticks.append((tick, sample))
+            wait_sent(self._pending)
             if self.rank < self.world_size - 1:
-                pending = send_tensors(state, self.rank + 1)
+                self._pending = send_tensors(state, self.rank + 1)
             else:
                 self.outputs.append(state)
-        self._vote_cancel()  # a cancel seen during the last tick
-        wait_sent(pending)
+        self._vote_cancel(ticks)  # a cancel seen during the last tick
+        wait_sent(self._pending)
         stats.span_s = time.perf_counter() - begin
         return stats
 
-    def _vote_cancel(self) -> None:
-        """Every stage learns whether any stage was cancelled; all raise together."""
+    def _vote_cancel(self, tick: int) -> None:
+        """Every stage learns whether any stage was cancelled; all raise together at this tick.
+
+        Before raising, a stage takes the state its predecessor sent in the previous tick, so no
+        message is left in flight and the process group stays usable for the next run.
+        """
         local_error = None
         if self.check_cancelled is not None:
             try:
@@ -201,10 +210,12 @@ class StageLoop:
                 local_error = error
         flag = torch.tensor([1 if local_error is not None else 0], dtype=torch.int64, device=_comm_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if local_error is not None:
-            raise local_error
-        if flag.item():
-            raise Cancelled(f"stage {self.rank}: cancelled (another stage saw the cancel)")
+        if not flag.item():
+            return
+        if self.rank > 0 and 0 <= tick - self.rank < self.num_samples:
+            recv_tensors(self.rank - 1)
+        wait_sent(self._pending)
+        raise local_error or Cancelled(f"stage {self.rank}: cancelled (another stage saw the cancel)")
 
 
 @dataclass
