@@ -101,3 +101,20 @@ def test_full_size_blocks_have_reference_parameter_counts():
     dit = build.meta_dit("seedvr_3b")
     assert isinstance(dit, NaDiT) and len(dit.blocks) == 32
     assert build.meta_dit("seedvr_7b").cfg.mlp_hidden == 12288 and dit.cfg.mlp_hidden == 6912
+
+
+@pytest.mark.parametrize("name", ["seedvr2_3b", "seedvr_7b"])
+def test_full_size_forward_shapes_on_meta_device(name):
+    """The official configs (head_dim 128, rotary 42 / 21 dims per axis) run end to end on meta."""
+    dit = build.meta_dit(name)
+    with torch.device("meta"), torch.no_grad():
+        out = dit(torch.empty(2, 16, 24, 33), torch.empty(58, 5120), torch.tensor([1000.0]))
+    assert out.shape == (2, 16, 24, 16)
+
+
+def test_full_size_vae_shapes_on_meta_device():
+    vae = build.meta_vae()
+    with torch.no_grad():
+        latent = vae.encode(torch.empty(1, 3, 9, 32, 48, device="meta"), sample=False)
+        assert latent.shape == (1, 16, 3, 4, 6)
+        assert vae.decode(latent).shape == (1, 3, 9, 32, 48)
