@@ -20,7 +20,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
-ROUNDS = 60
+ROUNDS = 120
 BLOCKS = 8
 
 

@@ -83,9 +83,8 @@ class _BlockSlots:
         return found
 
     def tensors(self) -> list:
-        """The current data of each slot (a parameter's `.data`, a buffer itself)."""
-        return [module._parameters[name].data if is_param else module._buffers[name]
-                for module, name, is_param in self.slots]
+        """The current tensor of each slot (the Parameter object, or the buffer)."""
+        return [(module._parameters if is_param else module._buffers)[name] for module, name, is_param in self.slots]
 
     @staticmethod
     def point(slot: tuple, tensor: torch.Tensor) -> None:
@@ -157,7 +156,7 @@ class BlockOffloader:
         hosts = slots.tensors()
         with self.stream.copying():
             copies = [transfer(host, self.compute_device, non_blocking=True) for host in hosts]
-        moved = [(slot, host, copy) for slot, host, copy in zip(slots.slots, hosts, copies) if copy is not host]
+        moved = [(slot, _data(host), copy) for slot, host, copy in zip(slots.slots, hosts, copies) if copy is not host]
         self.fetched[index] = _Fetched(moved, self.stream.record(), slots.nbytes)
         self.ledger.fetch(index, slots.nbytes)
 
@@ -184,6 +183,11 @@ class BlockOffloader:
             del _ACTIVE[self.blocks]
 
 
+def _data(tensor: torch.Tensor) -> torch.Tensor:
+    """A parameter's data (what `point` restores), a buffer itself."""
+    return tensor.data if isinstance(tensor, nn.Parameter) else tensor
+
+
 def _place(slots: list, config: OffloadConfig, swapped_only: bool = False) -> None:
     """Swapped blocks to the offload device (pinned when asked), the others to the compute device."""
     compute, offload = torch.device(config.compute_device), torch.device(config.offload_device)
@@ -193,7 +197,7 @@ def _place(slots: list, config: OffloadConfig, swapped_only: bool = False) -> No
             continue
         device = offload if index in swapped else compute
         for slot, tensor in zip(block_slots.slots, block_slots.tensors()):
-            target = transfer(tensor, device) if tensor.device != device else tensor
+            target = transfer(_data(tensor), device) if tensor.device != device else tensor
             if config.pin_memory and index in swapped:
                 target = pin(target, compute)
             if target is not tensor:
