@@ -134,7 +134,7 @@ def check_inputs(inputs: dict, remote_workers: int, master_addr: str, master_por
     job = BatchJob(ckpt_path=model_path("checkpoints", inputs["ckpt_name"], "ckpt_name"), settings=settings, mode=mode,
                    devices=devices, lora_path=None if lora_name == "None" else model_path("loras", lora_name, "lora_name"),
                    batch_size=inputs["batch_size"], cpu_offload=inputs["cpu_offload"],
-                   comfyui_dir=str(Path(comfy.__file__).resolve().parents[1]))
+                   comfyui_dir=str(Path(comfy.model_management.__file__).resolve().parents[1]))
     remote = {"remote_ranks": remote_workers, "master_addr": master_addr, "master_port": master_port} if remote_workers else {}
     if remote and os.environ.get("COMFYUI_PARALLEL_AUTHKEY"):
         remote["authkey"] = os.environ["COMFYUI_PARALLEL_AUTHKEY"]  # fixed key: remote workers may start first
