@@ -21,9 +21,14 @@ from .placement import append_bounded, first_tensor_device, move_to
 
 
 def _weights_signature(module: nn.Module) -> tuple:
-    """(data_ptr, version) of every parameter and buffer: changes when a weight is replaced or edited."""
+    """(data_ptr, version) of every parameter and buffer: changes when a weight is replaced or edited.
+
+    Inference tensors (made under torch.inference_mode) keep no version counter, so for them
+    only a replaced tensor counts as a change: that is how ComfyUI patches weights by default
+    (an in-place `copy_` into an inference tensor is invisible here; call refresh() after one).
+    """
     tensors = list(module.parameters()) + list(module.buffers())
-    return tuple((t.data_ptr(), t._version) for t in tensors)
+    return tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors)
 
 
 def copy_to_device(module: nn.Module, device: torch.device) -> nn.Module:

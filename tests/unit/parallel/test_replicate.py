@@ -61,6 +61,18 @@ def test_replicas_refresh_after_source_weights_change():
     assert not dp.refresh_if_changed()
 
 
+def test_inference_tensor_weights_refresh_when_replaced():
+    with torch.inference_mode():
+        model = TinyTransformer(depth=1)
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+        assert model.head.weight.is_inference()
+        dp = DataParallel(model, parse_gpu_ids("cpu,cpu"))
+        inputs = example_inputs(batch=2)
+        dp(*inputs)
+        model.head.weight = torch.nn.Parameter(model.head.weight * 3, requires_grad=False)
+        torch.testing.assert_close(dp(*inputs), model(*inputs), rtol=1e-5, atol=1e-5)
+
+
 def test_split_and_gather_nested():
     x = torch.arange(6).view(3, 2)
     shared = torch.zeros(5)
