@@ -23,6 +23,7 @@ from comfy.patcher_extension import CallbacksMP, WrappersMP
 from ..parallel.devices import storage_device
 from ..parallel.launch import WorkerGroup, WorkerGroupConfig
 from ..parallel.shared_weights import share_state_dict
+from ..parallel.worker_runtime import to_cpu
 from ..utils.errors import Cancelled
 from .multi_gpu_runners import WRAPPER_KEY, weights_identity
 from .wan import wan_spec
@@ -125,7 +126,7 @@ class DistributedRunner:
         inputs = {"x": x, "timestep": timestep, "context": context, "clip_fea": clip_fea,
                   "time_dim_concat": time_dim_concat, "kwargs": kwargs,
                   "rope_options": transformer_options.get("rope_options")}
-        results = self._call(group, "forward", token, _to_cpu(inputs))
+        results = self._call(group, "forward", token, to_cpu(inputs))
         return self._combine(results, x.shape[0]).to(device=x.device)
 
     def _call(self, group: WorkerGroup, fn: str, *args) -> list:
@@ -169,16 +170,6 @@ class DistributedRunner:
         """ComfyUI unloaded the model: the workers and shared weights go with it."""
         if unpatch_all:
             self.close()
-
-
-def _to_cpu(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
 
 
 def attach_distributed(patcher) -> None:

@@ -9,6 +9,7 @@ first rank returns its share of the output; the others return None.
 import torch
 import torch.distributed as dist
 
+from ..parallel.placement import move_to
 from .comfy_runtime import ensure_comfy
 from .wan import build_wan_model
 from .wan_sequence import install_sequence_parallel
@@ -55,16 +56,6 @@ def batch_share(value, batch: int, share: int, shares: int):
     return value
 
 
-def to_device(value, device: torch.device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device) for v in value)
-    return value
-
-
 def splits_batch(batch: int, cfg_degree: int) -> bool:
     """Whether the batch is shared out over the CFG groups (else every group runs it all)."""
     return cfg_degree > 1 and batch % cfg_degree == 0
@@ -80,7 +71,7 @@ def forward(ctx, token: str, inputs: dict):
     batch = inputs["x"].shape[0]
     if splits_batch(batch, cfg_degree):
         inputs = batch_share(inputs, batch, share, cfg_degree)
-    inputs = to_device(inputs, ctx.device)
+    inputs = move_to(inputs, ctx.device)
     options = {"rope_options": inputs["rope_options"]} if inputs.get("rope_options") else {}
     with torch.inference_mode():
         out = ctx.state["model"](inputs["x"], inputs["timestep"], inputs["context"], clip_fea=inputs["clip_fea"],

@@ -1,0 +1,74 @@
+"""distributed mode through a real ComfyUI server: 2 and 3 gloo workers give the plain graph's latent;
+the Cancel button stops the workers' work, the next prompt runs, and no worker is left behind."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from devtools.comfy_server import REPO
+
+API = REPO / "workflows" / "api"
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # attention on token shards rounds differently in the last bits
+
+
+def workflow(name: str) -> dict:
+    return json.loads((API / f"{name}.json").read_text())
+
+
+def read_latent(result, server) -> torch.Tensor:
+    assert result.status == "success", result.error_text
+    (latent,) = [f for f in result.output_files(server.base_dir) if f.suffix == ".latent"]
+    return load_file(str(latent))["latent_tensor"]
+
+
+def distributed(gpu_ids: str, steps: int | None = None) -> dict:
+    prompt = workflow("wan_multi_gpu_distributed")
+    prompt["1"]["inputs"]["gpu_ids"] = gpu_ids
+    if steps is not None:
+        prompt["5"]["inputs"]["steps"] = steps
+    return prompt
+
+
+def worker_processes(server) -> list:
+    return [p for p in server.descendants() if "worker_main.py" in " ".join(p.cmdline())]
+
+
+@pytest.fixture(scope="module")
+def plain_latent(comfy_server):
+    return read_latent(comfy_server.run(workflow("wan_basic")), comfy_server)
+
+
+@pytest.mark.parametrize("gpu_ids", ["cpu,cpu", "cpu,cpu,cpu"])
+def test_distributed_gives_the_plain_graphs_latent(server, plain_latent, gpu_ids):
+    result = server.run(distributed(gpu_ids))
+    torch.testing.assert_close(read_latent(result, server), plain_latent, **TOLERANCE)
+    assert result.progress and result.progress[-1][2] == 4, "KSampler progress did not reach the websocket"
+    assert len(worker_processes(server)) == len(gpu_ids.split(",")), "one live worker group, of this size"
+
+
+def run_until_progress_then_interrupt(server, prompt: dict, after_steps: int = 2):
+    """Queue `prompt`, press Cancel once KSampler reported `after_steps` steps, return the result."""
+    ws = server.websocket()
+    ws.settimeout(300)
+    prompt_id = server.post_prompt(prompt)
+    while True:
+        raw = ws.recv()
+        message = json.loads(raw) if isinstance(raw, str) else {}
+        data = message.get("data", {})
+        if data.get("prompt_id") != prompt_id:
+            continue  # a message of an earlier prompt
+        assert message.get("type") not in ("execution_error", "execution_success"), message
+        if message.get("type") == "progress" and data.get("value", 0) >= after_steps:
+            break
+    server.interrupt()
+    return server.wait(prompt_id, timeout=300)
+
+
+def test_cancel_stops_the_workers_and_the_next_prompt_runs(server, plain_latent):
+    result = run_until_progress_then_interrupt(server, distributed("cpu,cpu", steps=400))
+    assert result.status == "interrupted", result.error_text
+    assert len(worker_processes(server)) <= 2, "no stray workers after a cancel"
+    again = server.run(distributed("cpu,cpu"))
+    torch.testing.assert_close(read_latent(again, server), plain_latent, **TOLERANCE)
+    assert len(worker_processes(server)) == 2
