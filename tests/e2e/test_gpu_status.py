@@ -1,8 +1,11 @@
 """GPU Status through the real ComfyUI server: a report, clear errors for bad gpu_ids (and the
 server answers the next prompt), a recommendation for the tiny Wan, and GET /parallel/gpus."""
+import json
+
 import pytest
 import requests
 
+from devtools.comfy_server import REPO
 from devtools.demo_models import TINY_WAN
 
 
@@ -28,6 +31,12 @@ def test_recommendation_for_tiny_wan(server):
     report = report_of(result)
     assert f"Model {TINY_WAN}:" in report and "2 blocks" in report
     assert "Recommended: data_parallel on cpu:0, cpu:1" in report
+
+
+def test_bundled_workflow(server):
+    result = server.run(json.loads((REPO / "workflows" / "api" / "gpu_status.json").read_text()))
+    assert result.status == "success", result.error_text
+    assert "Recommended: " in report_of(result)
 
 
 @pytest.mark.parametrize("gpu_ids, problem", [("0,7", "does not exist"), ("abc", "'abc' is not a device id")])
