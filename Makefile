@@ -21,9 +21,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 # Debian's Chromium for the UI-workflow browser test (a test tool's own browser download fails here).
+# When it cannot be installed, setup goes on and the browser test fails saying so.
 $(VENV)/.browser:
-	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
-	touch $@
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "WARNING: Debian's chromium could not be installed; the UI workflow test will fail"
+	command -v chromium >/dev/null && touch $@ || true
 
 $(COMFYUI_DIR)/.comfyui-parallel-linked: $(VENV)/.installed
 	$(PY) devtools/host.py install --comfyui-dir "$(COMFYUI_DIR)" --default-dir "$(DEFAULT_COMFYUI)"

@@ -16,3 +16,11 @@ def test_pack_nodes_listed_with_tooltips(server):
                 if not options.get("tooltip"):
                     missing.append(f"{name}.{input_name}")
     assert not missing, f"inputs without tooltip: {missing}"
+
+
+def test_readme_node_reference_matches_the_server(server):
+    from devtools.node_reference import README, current_section, render
+
+    expected = render(server.get("/object_info"))
+    assert current_section(README.read_text()) == expected, \
+        "README's node reference is stale: run `.venv/bin/python -m devtools.node_reference`"
