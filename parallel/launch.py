@@ -32,6 +32,7 @@ path on a shared disk (shared memory is per machine: see shared_weights.py).
 import itertools
 import os
 import shlex
+import sys
 import threading
 import time
 import weakref
@@ -70,11 +71,15 @@ class WorkerGroupConfig:
     def __post_init__(self):
         if isinstance(self.devices, str) or not self.devices and not self.remote_ranks:
             raise InputError("devices", f"{self.devices!r} is not a non-empty list of devices", "e.g. ['cpu', 'cpu']")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        allowed = "'cpu', 'cpu:N'" + (f", 'cuda:0'..'cuda:{gpus - 1}'" if gpus else " (no CUDA GPU here)")
         for text in self.devices:
             try:
-                torch.device(text)
+                device = torch.device(text)
             except (RuntimeError, TypeError) as exc:
-                raise InputError("devices", f"'{text}' is not a device", "'cpu', 'cpu:N', 'cuda:N'") from exc
+                raise InputError("devices", f"'{text}' is not a device", allowed) from exc
+            if device.type == "cuda" and (device.index or 0) >= gpus:
+                raise InputError("devices", f"'{text}' does not exist on this machine", allowed)
         if self.threads_per_worker < 1:
             raise InputError("threads_per_worker", f"{self.threads_per_worker} is below 1", "1 or more")
         if self.remote_ranks and not self.master_port:
@@ -156,8 +161,9 @@ class WorkerGroup:
         self._cancel_requested.set()
 
     def join_command(self, rank: int, device: str = "cuda:0", comfyui_dir: str = "/path/to/ComfyUI",
-                     python: str = "python") -> str:
-        """The shell command that starts remote `rank` on another machine."""
+                     python: str = "python", worker_main: str | None = None) -> str:
+        """The shell command that starts remote `rank` on another machine (worker_main: the
+        pack's parallel/worker_main.py there, when its path differs from this machine's)."""
         first_remote = len(self.config.devices)
         if not first_remote <= rank < self.world_size:
             raise InputError("rank", f"{rank} is not a remote rank", f"{first_remote}..{self.world_size - 1}")
@@ -168,7 +174,7 @@ class WorkerGroup:
             "COMFYUI_DIR": comfyui_dir,
         }
         assignments = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
-        return f"{assignments} {shlex.quote(python)} {shlex.quote(str(WORKER_MAIN))}"
+        return f"{assignments} {shlex.quote(python)} {shlex.quote(worker_main or str(WORKER_MAIN))}"
 
     def call(self, fn: str, *args, per_rank: list | None = None, on_progress: Callable | None = None,
              on_event: Callable | None = None, should_cancel: Callable | None = None,
@@ -263,7 +269,7 @@ class WorkerGroup:
                **self._common_env(rank, rank, device), "COMFYUI_PARALLEL_CONTROL": f"{control[0]}:{control[1]}"}
         if self.config.comfyui_dir:
             env["COMFYUI_DIR"] = str(self.config.comfyui_dir)
-        if self.config.is_local:
+        if self.config.is_local and sys.platform != "win32":
             interface = loopback_interface()
             if interface:
                 env.setdefault("GLOO_SOCKET_IFNAME", interface)

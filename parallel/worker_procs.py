@@ -58,6 +58,7 @@ class Session:
         self.channels: dict[int, Channel] = {}
         self.hellos: dict[int, dict] = {}
         self.last_seen: dict[int, float] = {}
+        self.lost: set[int] = set()
         self.messages: queue.Queue = queue.Queue()
         self.store = None
         self.store_dir: str | None = None
@@ -168,6 +169,7 @@ class Session:
                     message = decode(conn.recv_bytes())
                 except (EOFError, OSError):
                     del ranks[conn]
+                    self.lost.add(rank)
                     self.messages.put((rank, {"op": "dead"}))
                     continue
                 self.last_seen[rank] = time.monotonic()
@@ -226,7 +228,7 @@ class Session:
                 pass
 
     def alive(self) -> bool:
-        return all(proc.poll() is None for proc in self.procs.values())
+        return not self.lost and all(proc.poll() is None for proc in self.procs.values())
 
     def shutdown(self, graceful: bool = True) -> None:
         """End every child: ask, then terminate, then kill; free channel, store and files."""

@@ -20,13 +20,11 @@ import io
 import os
 import pickle
 import queue
-import socket
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from multiprocessing.connection import Client
 
 import torch
 import torch.distributed as dist
@@ -269,18 +267,6 @@ def _run_call(ctx: WorkerContext, channel: Channel, message: dict) -> None:
     channel.send_bytes(payload)
 
 
-def _connect(settings: WorkerSettings) -> Channel:
-    """Connect to the caller, retrying until start_timeout_s (machines start in any order)."""
-    deadline = time.monotonic() + settings.start_timeout_s
-    while True:
-        try:
-            return Channel(Client(settings.control, authkey=settings.authkey))
-        except (ConnectionRefusedError, socket.timeout, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def _init_group(settings: WorkerSettings) -> torch.device:
     """Join the torch.distributed group: nccl for CUDA tensors (gloo beside it for CPU ones)."""
     device = torch.device(settings.device)
@@ -298,10 +284,10 @@ def _init_group(settings: WorkerSettings) -> torch.device:
     return device
 
 
-def run_worker(settings: WorkerSettings) -> int:
-    """A worker's whole life: connect, join the group, serve calls until close."""
-    channel = _connect(settings)
-    channel.send({"op": "hello", "rank": settings.rank, "pid": os.getpid(), "host": socket.gethostname()})
+def run_worker(settings: WorkerSettings, conn) -> int:
+    """A worker's life after worker_main connected and said hello: join the group, serve
+    calls until close. A failure on the way reaches the caller as a fatal message."""
+    channel = Channel(conn)
     try:
         torch.set_num_threads(settings.threads)
         device = _init_group(settings)

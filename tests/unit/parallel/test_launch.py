@@ -112,6 +112,9 @@ def test_bad_arguments_name_the_input(group):
         group.call(f"{FNS}:identity", per_rank=["only one"])
     with pytest.raises(InputError, match="^devices: "):
         WorkerGroupConfig(devices=[])
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="^devices: 'cuda:0' does not exist"):
+            WorkerGroupConfig(devices=["cuda:0"])
     with pytest.raises(InputError, match="^master_port: "):
         WorkerGroupConfig(devices=["cpu"], remote_ranks=1)
 
@@ -132,6 +135,34 @@ def test_sigkill_is_a_clear_error_not_a_hang(group):
     assert_gone(pids)
     results = group.call(f"{FNS}:identity")  # the next call starts a fresh group
     assert set(r["pid"] for r in results).isdisjoint(pids)
+
+
+def test_hung_worker_is_found_by_missing_heartbeats():
+    group = running_group(2)
+    victim, timeout = group.pids[1], group.config.heartbeat_timeout_s
+    stopped = []
+
+    def stop_once(rank, obj):
+        if rank == 1 and not stopped:
+            os.kill(victim, signal.SIGSTOP)  # alive but silent, like a frozen machine
+            stopped.append(victim)
+
+    group.config.heartbeat_timeout_s = 3.0
+    try:
+        with pytest.raises(WorkerError, match="no heartbeat") as err:
+            group.call(f"{FNS}:sleep_forever", on_event=stop_once)
+    finally:
+        group.config.heartbeat_timeout_s = timeout
+    assert err.value.rank == 1
+    assert_gone([victim])
+
+
+def test_start_failure_returns_the_worker_traceback():
+    group = WorkerGroup(make_config(1, env={"COMFYUI_PARALLEL_THREADS": "many"}))
+    with pytest.raises(WorkerError, match="failed to start: ValueError") as err:
+        group.start()
+    assert err.value.rank == 0 and "from_environ" in err.value.traceback_text
+    assert not group.alive()
 
 
 def free_port() -> int:

@@ -12,7 +12,8 @@ _GROUPS: dict[int, WorkerGroup] = {}
 
 def make_config(size: int, **overrides) -> WorkerGroupConfig:
     """CPU workers with a short stop grace (tests make ranks wait in collectives on purpose)."""
-    return WorkerGroupConfig(devices=["cpu"] * size, stop_grace_s=1.0, **overrides)
+    settings = {"devices": ["cpu"] * size, "stop_grace_s": 1.0, **overrides}
+    return WorkerGroupConfig(**settings)
 
 
 def running_group(size: int) -> WorkerGroup:
