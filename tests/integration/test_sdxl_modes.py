@@ -54,6 +54,13 @@ def assert_consistent(folder) -> None:
         assert read_png_record(folder / line.file)["seed"] == line.seed
 
 
+def assert_matches(folder, reference: dict) -> None:
+    """A consistent dataset whose images equal the single-mode reference exactly."""
+    assert_consistent(folder)
+    got = images_of(folder)
+    assert all(np.array_equal(got[key], reference[key]) for key in reference)
+
+
 @pytest.fixture(scope="module")
 def reference(models_cache, tmp_path_factory):
     folder = tmp_path_factory.mktemp("single")
@@ -74,9 +81,7 @@ def test_images_differ_by_seed_and_lora(reference, models_cache, tmp_path):
 def test_data_parallel_matches_single(reference, models_cache, tmp_path):
     run_job(make_job(models_cache, "data_parallel", ["cpu:0", "cpu:1"]), Dataset.open(tmp_path, False), TASKS,
             Reporter(len(TASKS)))
-    assert_consistent(tmp_path)
-    got = images_of(tmp_path)
-    assert all(np.array_equal(got[key], reference[key]) for key in reference)
+    assert_matches(tmp_path, reference)
 
 
 def test_multi_process_matches_single_with_shared_weights(reference, models_cache, tmp_path):
@@ -89,9 +94,7 @@ def test_multi_process_matches_single_with_shared_weights(reference, models_cach
     finally:
         close_pool()
     assert progress[0] == 0 and progress[-1] == len(TASKS) and progress == sorted(progress)
-    assert_consistent(tmp_path)
-    got = images_of(tmp_path)
-    assert all(np.array_equal(got[key], reference[key]) for key in reference)
+    assert_matches(tmp_path, reference)
 
 
 def test_resume_after_a_worker_is_killed(reference, models_cache, tmp_path):
@@ -113,9 +116,7 @@ def test_resume_after_a_worker_is_killed(reference, models_cache, tmp_path):
         assert len(resumed.pending(TASKS)) == len(TASKS) - len(survived)
         written = run_job(job, resumed, TASKS, Reporter(len(TASKS)), group)  # the group restarts its workers
     assert written == len(TASKS) - len(survived)
-    assert_consistent(tmp_path)
-    got = images_of(tmp_path)
-    assert all(np.array_equal(got[key], reference[key]) for key in reference)
+    assert_matches(tmp_path, reference)
 
 
 def test_workers_started_by_the_join_command_take_the_work(reference, models_cache, tmp_path):
@@ -136,7 +137,5 @@ def test_workers_started_by_the_join_command_take_the_work(reference, models_cac
         for process in remotes:
             process.wait(timeout=60)
     assert all(process.returncode == 0 for process in remotes)
-    assert_consistent(tmp_path)
     assert {line.worker.rsplit("/", 1)[1] for line in read_lines(tmp_path / "manifest.jsonl")} <= {"rank0", "rank1"}
-    got = images_of(tmp_path)
-    assert all(np.array_equal(got[key], reference[key]) for key in reference)
+    assert_matches(tmp_path, reference)
