@@ -137,7 +137,12 @@ class WorkerGroup:
             return self
         self._end_session(graceful=False)
         self._closed = False
-        session = Session(self.world_size, self.config.control, self._authkey)
+        try:
+            session = Session(self.world_size, self.config.control, self._authkey)
+        except OSError as exc:
+            host, port = self.config.control
+            raise InputError("control_port", f"cannot listen on {host}:{port}: {exc}",
+                             "a free port on an address of this machine") from exc
         self._session = session
         self._finalizer = weakref.finalize(self, session.shutdown, False)  # no child outlives the caller
         try:
@@ -212,16 +217,41 @@ class WorkerGroup:
                 if outcome.stop_deadline is None and (self._cancel_requested.is_set() or callbacks.cancelled()):
                     outcome.user_cancelled = True
                     self._request_stop(call_id, outcome)
-                if outcome.stop_deadline is not None and time.monotonic() > outcome.stop_deadline:
-                    self._end_session(graceful=False)  # a rank is stuck in a collective its peers left
+                if self._stop_overdue(outcome):
                     break
-                item = self._session.next_message(0.05, self.config.heartbeat_timeout_s)
-                if item is not None and item[1].get("id") == call_id:
-                    self._handle(call_id, item[0], item[1], outcome, callbacks)
+                self._receive(call_id, outcome, callbacks)
+        except WorkerError:
+            self._end_session(graceful=False)  # a dead, silent or unreachable worker: the group is broken
+            raise
         except BaseException:
-            self._abort(call_id)
+            self._stop_quietly(call_id, outcome)  # e.g. a callback raised ComfyUI's interrupt
             raise
         return outcome.result()
+
+    def _receive(self, call_id: int, outcome: "_Outcome", callbacks: "_Callbacks") -> None:
+        item = self._session.next_message(0.05, self.config.heartbeat_timeout_s)
+        if item is not None and item[1].get("id") == call_id:
+            self._handle(call_id, item[0], item[1], outcome, callbacks)
+
+    def _stop_overdue(self, outcome: "_Outcome") -> bool:
+        """After a stop request: a rank that has not stopped within stop_grace_s is stuck in a
+        collective its peers left; end the group (the next call starts a fresh one)."""
+        if outcome.stop_deadline is None or time.monotonic() <= outcome.stop_deadline:
+            return False
+        self._end_session(graceful=False)
+        return True
+
+    def _stop_quietly(self, call_id: int, outcome: "_Outcome") -> None:
+        """Stop the ranks after an exception in this process, keeping the group when they stop."""
+        if self._session is None:
+            return
+        try:
+            if outcome.stop_deadline is None:
+                self._request_stop(call_id, outcome)
+            while not outcome.complete() and not self._stop_overdue(outcome):
+                self._receive(call_id, outcome, _Callbacks(None, None, None, None))
+        except WorkerError:
+            self._end_session(graceful=False)
 
     def _handle(self, call_id: int, rank: int, message: dict, outcome: "_Outcome", callbacks: "_Callbacks") -> None:
         op = message["op"]
@@ -241,12 +271,6 @@ class WorkerGroup:
     def _request_stop(self, call_id: int, outcome: "_Outcome") -> None:
         self._session.broadcast({"op": "cancel", "id": call_id})
         outcome.stop_deadline = time.monotonic() + self.config.stop_grace_s
-
-    def _abort(self, call_id: int) -> None:
-        """Something failed in this process mid-call: the workers' state is unknown, end them."""
-        if self._session is not None:
-            self._session.broadcast({"op": "cancel", "id": call_id})
-        self._end_session(graceful=False)
 
     def _end_session(self, graceful: bool) -> None:
         session, self._session = self._session, None

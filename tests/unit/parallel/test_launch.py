@@ -92,6 +92,22 @@ def test_cancel_method_from_callback(group):
         group.call(f"{FNS}:steps_until_cancelled", 10_000, True, on_progress=lambda *a: group.cancel())
 
 
+class Interrupt(Exception):
+    """Stands in for ComfyUI's InterruptProcessingException raised from a progress callback."""
+
+
+def test_exception_in_a_callback_stops_the_workers_and_keeps_the_group(group):
+    pids = group.pids
+
+    def interrupt(rank, done, total):
+        raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        group.call(f"{FNS}:steps_until_cancelled", 10_000, True, on_progress=interrupt)
+    assert group.alive() and group.pids == pids
+    assert group.call(f"{FNS}:count_state")
+
+
 def test_tasks_are_handed_out_once_each(group):
     events = []
     results = group.call(f"{FNS}:drain_tasks", tasks=range(20), on_event=lambda rank, obj: events.append(obj))
