@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from ..utils.errors import WorkerError
+from ..utils.errors import InputError, WorkerError
 from .worker_runtime import Channel, decode
 
 WORKER_MAIN = Path(__file__).resolve().parent / "worker_main.py"
@@ -84,8 +84,12 @@ class Session:
         import torch.distributed as dist
 
         if use_tcp:
-            self.store = dist.TCPStore(master_addr, master_port, None, True,
-                                       timeout=timedelta(seconds=60), wait_for_workers=False)
+            try:
+                self.store = dist.TCPStore(master_addr, master_port, None, True,
+                                           timeout=timedelta(seconds=60), wait_for_workers=False)
+            except RuntimeError as exc:
+                raise InputError("master_port", f"cannot host the rendezvous on {master_addr}:{master_port}: {exc}",
+                                 "a free port on an address of this machine") from exc
             return {"MASTER_ADDR": master_addr, "MASTER_PORT": str(self.store.port)}
         self.store_dir = tempfile.mkdtemp(prefix="comfyui_parallel_")
         path = os.path.join(self.store_dir, "rendezvous")
