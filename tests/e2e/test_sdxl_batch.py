@@ -95,7 +95,7 @@ def test_bad_inputs_are_clear_errors_before_model_work(server, input_dir):
 
 
 def test_cancel_stops_every_worker_and_resume_finishes(server):
-    prompts = "\n".join(f"prompt number {i}" for i in range(12))
+    prompts = "\n".join(f"prompt number {i}" for i in range(20))
     prompt = batch_prompt(prompts=prompts, mode="multi_process", gpu_ids="cpu,cpu", steps=3,
                           output_subfolder="test_sdxl_cancel")
     prompt_id = server.post_prompt(prompt)
@@ -109,7 +109,7 @@ def test_cancel_stops_every_worker_and_resume_finishes(server):
     waiter.join(timeout=600)
     assert outcome["result"].status == "interrupted", outcome["result"].error_text
     stopped = manifest(server, "test_sdxl_cancel")
-    assert 1 <= len(stopped) < 12
+    assert 1 <= len(stopped) < 20
     finished = server.run(prompt)
     assert finished.status == "success", finished.error_text
     lines = manifest(server, "test_sdxl_cancel")
