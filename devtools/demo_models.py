@@ -110,3 +110,17 @@ WRITERS.update({
     ("seedvr", "tiny_seedvr2_dit.safetensors"): _seedvr_writer("write_tiny_dit"),
     ("seedvr", "tiny_seedvr_vae.safetensors"): _seedvr_writer("write_tiny_vae"),
 })
+
+
+def _svd_writer(path: Path) -> None:
+    """The smallest UNet ComfyUI detects as SVD (devtools/tiny_svd.py), imported on first use."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from devtools import tiny_svd
+
+    tiny_svd.write_min_svd_unet(path)
+
+
+WRITERS.update({
+    ("diffusion_models", "min_svd_unet.safetensors"): _svd_writer,
+})

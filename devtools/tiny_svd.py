@@ -42,3 +42,36 @@ def tiny_svd_conditioning(frames: int = 3, height: int = 64, width: int = 64, co
     positive = [[embed, {**extra, "concat_latent_image": concat}]]
     negative = [[torch.zeros_like(embed), {**extra, "concat_latent_image": torch.zeros_like(concat)}]]
     return positive, negative, torch.zeros([frames, 4, height // 8, width // 8])
+
+
+MIN_SVD_UNET = "min_svd_unet.safetensors"
+# The smallest UNet ComfyUI's detection still calls SVD: 320 channels, context 1024, adm 768 and
+# four levels of two res blocks are pinned; only the channel multipliers can shrink (to 1).
+MIN_SVD_UNET_CONFIG = dict(
+    TINY_SVD_UNET_CONFIG, model_channels=320, channel_mult=[1, 1, 1, 1], num_res_blocks=[2, 2, 2, 2],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    context_dim=1024,
+)
+
+
+def write_min_svd_unet(path) -> None:
+    """About 212M parameters in fp16 (425 MB): loads through ComfyUI's UNETLoader as SVD_img2vid."""
+    from safetensors.torch import save_file
+
+    comfy_on_path()
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SVD_img2vid(dict(MIN_SVD_UNET_CONFIG))
+    model_config.set_inference_dtype(torch.float16, None)
+    model = model_config.get_model({})
+    random_init_(model.diffusion_model, seed=5, scale=0.02)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in model.diffusion_model.state_dict().items()}, str(path))
+
+
+def write_image_embeds(folder) -> None:
+    """Demo conditioning files: an SVD image embedding ([1, 1, 1024], as CLIP ViT-H gives) and its zero twin."""
+    from safetensors.torch import save_file
+
+    embed = torch.randn(1, 1, 1024, generator=torch.Generator().manual_seed(3))
+    save_file({"cond": embed}, str(folder / "svd_image_embed.safetensors"))
+    save_file({"cond": torch.zeros_like(embed)}, str(folder / "svd_image_embed_zero.safetensors"))
