@@ -10,10 +10,10 @@ CFG pair (batch 2), through the same wrappers ComfyUI's sampler calls:
 - `data_parallel_cfg_speedup`: plain at 1 thread / data_parallel over "cpu,cpu" (cond and
   uncond on two threads of this process, 1 intra-op thread each).
 
-Each variant is warmed up once (worker start, weight hand-out), then timed over ROUNDS calls
-in interleaved order (one round by default: a step takes seconds at 1 thread); the figure is
-the ratio of medians. Outputs are checked against plain
-first. On a shared 2-core machine the ratios depend on what else runs.
+Each variant is warmed up once (worker start, weight hand-out; its output is checked against
+plain), then timed over ROUNDS calls in interleaved order (one round by default: a step takes
+seconds at 1 thread); the figure is the ratio of medians. On a shared 2-core machine the
+ratios depend on what else runs.
 """
 import statistics
 import sys

@@ -38,6 +38,7 @@ class GroupRegistry:
         self._lock = threading.Lock()
         self._groups: dict[tuple, WorkerGroup] = {}
         self._users: dict[tuple, int] = {}
+        self._loaded: dict[tuple, tuple] = {}  # key -> (model token, worker pids) the workers hold
 
     def acquire(self, key: tuple, config: WorkerGroupConfig) -> WorkerGroup:
         with self._lock:
@@ -52,6 +53,7 @@ class GroupRegistry:
             if self._users[key] > 0:
                 return
             self._users.pop(key, None)
+            self._loaded.pop(key, None)
             group = self._groups.pop(key, None)
         if group is not None:
             group.close()
@@ -61,8 +63,16 @@ class GroupRegistry:
             groups = list(self._groups.values())
             self._groups.clear()
             self._users.clear()
+            self._loaded.clear()
         for group in groups:
             group.close()
+
+    def holds(self, key: tuple, token: str, pids: list[int]) -> bool:
+        """Whether the workers of `key` (these very processes) hold the model `token`."""
+        return self._loaded.get(key) == (token, tuple(pids))
+
+    def mark_loaded(self, key: tuple, token: str, pids: list[int]) -> None:
+        self._loaded[key] = (token, tuple(pids))
 
     def pids(self) -> list[int]:
         """Process ids of every running worker (for tests and status)."""
@@ -90,7 +100,7 @@ class _Lease:
         self.key, self.config = key, config
         self.group: WorkerGroup | None = None
         self.weights = None
-        self.loaded = None  # (weights identity, worker pids) the workers hold
+        self.identity = None  # weights identity of the shared copy in `weights`
 
     def get(self) -> WorkerGroup:
         if self.group is None:
@@ -100,10 +110,9 @@ class _Lease:
     def release(self) -> None:
         if self.weights is not None:
             self.weights.release()
-            self.weights = None
+            self.weights = self.identity = None
         if self.group is not None:
             self.group, group = None, self.group
-            self.loaded = None
             REGISTRY.release(self.key)
             del group
 
@@ -138,17 +147,23 @@ class DistributedRunner:
             raise comfy.model_management.InterruptProcessingException() from cancelled
 
     def _load(self, group: WorkerGroup, module: torch.nn.Module) -> str:
-        """Share the model's current weights and load them in the workers, unless they already hold them."""
+        """Share the model's current weights and load them in the workers, unless they already hold them.
+
+        Several MODELs may share one group (Wan 2.2's high / low noise pair): the registry
+        knows which model the workers hold, and a switch reloads from this runner's shared copy.
+        """
         identity = weights_identity(module)
         token = f"{id(module):x}-{hash(identity) & 0xFFFFFFFF:x}"
         group.start()
-        if self.lease.loaded == (identity, tuple(group.pids)):
+        if REGISTRY.holds(self.lease.key, token, group.pids):
             return token
-        if self.lease.weights is not None:
-            self.lease.weights.release()
-        self.lease.weights = share_state_dict(module.state_dict())
+        if self.lease.identity != identity:
+            if self.lease.weights is not None:
+                self.lease.weights.release()
+            self.lease.weights = share_state_dict(module.state_dict())
+            self.lease.identity = identity
         self._call(group, "load_model", self.spec, self.lease.weights, token, self.cfg_degree)
-        self.lease.loaded = (identity, tuple(group.pids))
+        REGISTRY.mark_loaded(self.lease.key, token, group.pids)
         return token
 
     def _combine(self, results: list, batch: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import gc
 import pytest
 import torch
 
-from multi_gpu_helpers import load_wan_layers, sample  # configures ComfyUI for the CPU first
+from multi_gpu_helpers import MoveSpy, load_wan_layers, sample  # configures ComfyUI for the CPU first
 
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
@@ -51,13 +51,16 @@ def keep_groups():
 @pytest.mark.parametrize("gpu_ids", ["cpu,cpu", "cpu,cpu,cpu"])
 def test_distributed_equals_plain(keep_groups, reference, gpu_ids):
     model = distributed(wan256(), gpu_ids)
-    torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+    with MoveSpy(model.model) as spy:
+        torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+    block_moves = [move for move in spy.moves if ".blocks" in move[0] or move[0] in ("", "diffusion_model")]
+    assert block_moves == [], "the server moved blocks the workers compute"
     runner = runner_of(model)
     assert len(runner.pids) == len(gpu_ids.split(",")) and runner.cfg_degree == 1
     assert runner.pids == runner_of(keep_groups[gpu_ids]).pids, "workers are shared by device set"
-    first = runner.lease.loaded
+    shared = runner.lease.weights
     torch.testing.assert_close(sample(model), reference, **TOLERANCE)
-    assert runner.lease.loaded == first, "the second prompt reused the loaded workers"
+    assert runner.lease.weights is shared, "the second prompt reused the shared weights"
 
 
 def test_lora_patch_after_distributed_reaches_the_workers(keep_groups):
@@ -90,6 +93,16 @@ def test_per_frame_timesteps_of_wan22_are_split_with_the_tokens(keep_groups):
         expected = plain(x, timestep, context)
         got = executor.execute(x, timestep, context, None, None, {})
     torch.testing.assert_close(got, expected, **TOLERANCE)
+
+
+def test_high_and_low_noise_pair_share_the_workers(keep_groups):
+    """Wan 2.2 14B's two experts as two loaders in one graph: alternately sampled, both right."""
+    high_plain, low_plain = wan256(), load_wan_layers(2, seed=7)
+    high, low = distributed(wan256(), "cpu,cpu"), distributed(load_wan_layers(2, seed=7), "cpu,cpu")
+    for _ in range(2):
+        torch.testing.assert_close(sample(high), sample(high_plain), **TOLERANCE)
+        torch.testing.assert_close(sample(low), sample(low_plain), **TOLERANCE)
+    assert runner_of(high).pids == runner_of(low).pids
 
 
 def test_four_workers_split_cfg_and_sequence(reference):
