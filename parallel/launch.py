@@ -6,6 +6,12 @@ traceback; a worker that dies (even by SIGKILL) becomes a WorkerError naming the
 the signal, never a hang; cancel stops every worker at its next `ctx.check_cancelled()`;
 close ends every child. The group stays up between calls (ctx.state keeps a loaded model).
 
+After a failure or cancel the other ranks are told to stop; a rank that does not stop within
+stop_grace_s (it waits in a collective a peer left) ends the group, and the next call starts
+a fresh one. Lock-step loops avoid that with `ctx.check_cancelled(sync=True)`. An exception
+raised by a caller callback (e.g. ComfyUI's interrupt from on_progress) stops the ranks the
+same way and is re-raised.
+
     with WorkerGroup(WorkerGroupConfig(devices=["cpu", "cpu"])) as group:
         sums = group.call("parallel.some_module:step", latent, per_rank=[...])
 

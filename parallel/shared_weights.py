@@ -113,13 +113,19 @@ class SharedWeights:
 
     def _attach(self) -> memoryview:
         if self._buf is None:
-            shm = shared_memory.SharedMemory(name=self.shm_name)
-            if sys.version_info < (3, 13) and shm._name not in _CREATED:
-                # Attaching registers the block with this process's resource tracker, which
-                # would unlink it when this (worker) process exits; the owner unlinks it.
-                resource_tracker.unregister(shm._name, "shared_memory")
-            self._buf = _detach_mapping(shm)
+            self._buf = _detach_mapping(_attach_untracked(self.shm_name))
         return self._buf
+
+
+def _attach_untracked(name: str) -> shared_memory.SharedMemory:
+    """Attach without leaving the block to this process's resource tracker, which would
+    unlink it when this (worker) process exits; only the owner unlinks it."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)
+    shm = shared_memory.SharedMemory(name=name)
+    if shm._name not in _CREATED:
+        resource_tracker.unregister(shm._name, "shared_memory")
+    return shm
 
 
 def _detach_mapping(shm: shared_memory.SharedMemory) -> memoryview:

@@ -113,3 +113,26 @@ def test_clear_errors():
         share_state_dict({"m": torch.empty(2, device="meta")})
     with pytest.raises(InputError, match="^weights: need .* shared memory"):
         shared_weights._check_space(2**62)
+
+
+def test_a_reader_process_exiting_does_not_unlink_the_block():
+    """Python's resource tracker would unlink an attached block when the reader exits."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    utils = Path(shared_weights.__file__).resolve().parents[1] / "utils"
+    script = ("import json, sys; sys.path.insert(0, sys.argv[2]); import pack_alias; pack_alias.register(); "
+              "from comfyui_parallel.parallel.shared_weights import SharedWeights; "
+              "print(float(SharedWeights.from_spec(json.loads(sys.argv[1])).open()['w'].sum()))")
+    handle = share_state_dict({"w": torch.full((8,), 0.5)})
+    try:
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(handle.spec()), str(utils)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "4.0"
+        assert SharedWeights.from_spec(handle.spec()).open()["w"].sum() == 4.0
+        shared_memory.SharedMemory(name=handle.shm_name).close()  # still there
+    finally:
+        handle.release()
