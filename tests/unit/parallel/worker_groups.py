@@ -2,7 +2,8 @@
 
 Starting workers costs an interpreter plus a torch import each (seconds on a busy 2-core
 machine), so each group size is started once per run and reused; a test that breaks a group
-(crash, SIGKILL) leaves it to restart on its next call. Groups close when the run ends.
+(crash, SIGKILL) leaves it to restart on its next call. Groups close when the run ends
+(WorkerGroup's finalizer at interpreter exit).
 """
 from comfyui_parallel.parallel.launch import WorkerGroup, WorkerGroupConfig
 
@@ -23,7 +24,3 @@ def running_group(size: int) -> WorkerGroup:
         group = _GROUPS[size] = WorkerGroup(make_config(size))
     return group.start()
 
-
-def close_all() -> None:
-    while _GROUPS:
-        _GROUPS.popitem()[1].close()
