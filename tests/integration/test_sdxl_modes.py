@@ -19,8 +19,8 @@ from comfyui_parallel.models.comfy_runtime import ensure_comfy, find_comfyui_dir
 ensure_comfy()
 torch.set_num_threads(1)
 
-from comfyui_parallel.models.sdxl_batch_job import (BatchJob, Reporter, close_pool, run_job,  # noqa: E402
-                                                    worker_pool)
+from comfyui_parallel.models.sdxl_batch_job import (BatchJob, Reporter, close_pool, make_batches,  # noqa: E402
+                                                    run_job, worker_pool)
 from comfyui_parallel.models.sdxl_generate import GenerateSettings  # noqa: E402
 from comfyui_parallel.parallel.launch import WorkerGroup, WorkerGroupConfig  # noqa: E402
 from comfyui_parallel.utils.dataset import Dataset, read_lines, read_png_record  # noqa: E402
@@ -68,6 +68,11 @@ def reference(models_cache, tmp_path_factory):
     assert written == len(TASKS)
     assert_consistent(folder)
     return images_of(folder)
+
+
+def test_batches_hold_consecutive_images_of_one_prompt():
+    tasks = expand_tasks(parse_text("a\nb"), seed=0, images_per_prompt=3, negative_prompt="")
+    assert [[task.seed for task in batch] for batch in make_batches(tasks, 2)] == [[0, 1], [2], [3, 4], [5]]
 
 
 def test_images_differ_by_seed_and_lora(reference, models_cache, tmp_path):
