@@ -95,6 +95,24 @@ def test_per_frame_timesteps_of_wan22_are_split_with_the_tokens(keep_groups):
     torch.testing.assert_close(got, expected, **TOLERANCE)
 
 
+def test_cancel_during_a_worker_call_is_comfys_interrupt_and_the_workers_go_on(keep_groups, reference):
+    model = distributed(wan256(), "cpu,cpu")
+    sample(model)
+    runner = runner_of(model)
+    pids = runner.pids
+    diffusion = model.model.diffusion_model
+    executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(diffusion._forward, diffusion, [runner])
+    x, timestep, context = torch.randn(2, 16, 2, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 4, 4096)
+    comfy.model_management.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            executor.execute(x, timestep, context, None, None, {})
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+    assert runner.pids == pids, "the cancel stopped the call, not the workers"
+
+
 def test_high_and_low_noise_pair_share_the_workers(keep_groups):
     """Wan 2.2 14B's two experts as two loaders in one graph: alternately sampled, both right."""
     high_plain, low_plain = wan256(), load_wan_layers(2, seed=7)
