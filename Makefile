@@ -32,7 +32,7 @@ $(COMFYUI_DIR)/.comfyui-parallel-linked: $(VENV)/.installed
 	touch $@
 
 serve: setup
-	$(PY) devtools/host.py serve --comfyui-dir "$(COMFYUI_DIR)" --port $(PORT) -- $(COMFY_ARGS)
+	$(PY) devtools/host.py serve --comfyui-dir "$(COMFYUI_DIR)" --port $(PORT) $(COMFY_ARGS)
 
 demo: setup
 	$(PY) devtools/demo.py --comfyui-dir "$(COMFYUI_DIR)"

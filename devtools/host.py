@@ -65,15 +65,14 @@ def main() -> None:
     parser.add_argument("--comfyui-dir", type=Path, required=True)
     parser.add_argument("--default-dir", type=Path)
     parser.add_argument("--port", type=int, default=8188)
-    parser.add_argument("extra", nargs="*")
-    args = parser.parse_args()
+    args, comfy_args = parser.parse_known_args()  # the rest goes to ComfyUI's main.py
     comfyui_dir = args.comfyui_dir.resolve()
     if args.action == "install":
         if comfyui_dir != (args.default_dir or comfyui_dir).resolve() and not (comfyui_dir / "main.py").is_file():
             raise SystemExit(f"COMFYUI_DIR={comfyui_dir} is not a ComfyUI folder (no main.py)")
         install(comfyui_dir)
         return
-    cmd = serve_command(comfyui_dir, args.port, [a for extra in args.extra for a in extra.split()])
+    cmd = serve_command(comfyui_dir, args.port, comfy_args)
     print(" ".join(cmd), flush=True)
     os.chdir(comfyui_dir)
     raise SystemExit(subprocess.call(cmd))
