@@ -20,7 +20,7 @@ ModelPatcher.clone() keeps the class, so LoRA loaders applied after still keep t
 import logging
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -55,8 +55,7 @@ class Placement:
 
     assignment: list[int]
     device_bytes: list[int]
-    distribution: object = None
-    history: list = field(default_factory=list)  # (block index, device) per placement, for tests
+    distribution: object = None  # parallel.placement.BlockDistribution once the blocks are placed
 
 
 _PLACEMENTS: "weakref.WeakKeyDictionary[torch.nn.Module, Placement]" = weakref.WeakKeyDictionary()
@@ -133,7 +132,6 @@ class MultiGPUPatcherMixin:
             if placement.distribution is None:
                 devices = list(self.multi_gpu.devices)
                 placement.distribution = distribute_blocks(blocks, devices, placement.assignment, device_to)
-                placement.history.extend(enumerate(placement.distribution.block_devices))
                 log.info("block_distribution:\n%s", placement.distribution.describe())
             block_devices = placement.distribution.block_devices
         else:
