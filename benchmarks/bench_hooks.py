@@ -15,7 +15,6 @@ pack hooks each block once and moves a shared input once per device per forward.
 import copy
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,16 +23,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 300
 BLOCKS = 8
-
-
-def _setup():
-    sys.path[:0] = [str(REPO), str(REPO / "utils")]
-    import pack_alias
-
-    pack_alias.register()
-    from comfyui_parallel.models.comfy_runtime import ensure_comfy
-
-    ensure_comfy()
 
 
 def tiny_wan():
@@ -83,7 +72,6 @@ def measure(models: dict, inputs, rounds: int) -> dict:
 
 
 def run() -> dict:
-    _setup()
     torch.set_num_threads(1)
     model = tiny_wan()
     generator = torch.Generator().manual_seed(0)

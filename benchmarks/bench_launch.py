@@ -10,7 +10,6 @@
    `weights_pickled_ms` (the state dict sent through the command channel, one copy each).
 """
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -31,13 +30,6 @@ def weight_sum(ctx, weights):
     """Open the weights (shared handle or plain dict) and touch every tensor."""
     state = weights.open() if hasattr(weights, "open") else weights
     return float(sum(t[:1].sum() for t in state.values()))
-
-
-def _setup():
-    sys.path[:0] = [str(REPO), str(REPO / "utils")]
-    import pack_alias
-
-    pack_alias.register()
 
 
 def _median_ms(group, value, calls: int) -> float:
@@ -66,7 +58,6 @@ def _weights_ms(group, state: dict) -> tuple[float, float]:
 
 
 def run() -> dict:
-    _setup()
     from comfyui_parallel.parallel.launch import WorkerGroup, WorkerGroupConfig
 
     started = time.perf_counter()

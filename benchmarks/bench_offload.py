@@ -12,7 +12,6 @@
 """
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -22,16 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
 ROUNDS = 120
 BLOCKS = 8
-
-
-def _setup():
-    sys.path[:0] = [str(REPO), str(REPO / "utils")]
-    import pack_alias
-
-    pack_alias.register()
-    from comfyui_parallel.models.comfy_runtime import ensure_comfy
-
-    ensure_comfy()
 
 
 def meta_wan(dim, ffn_dim, num_layers, in_dim):
@@ -128,7 +117,6 @@ def hook_costs() -> dict:
 
 
 def run() -> dict:
-    _setup()
     peaks = resident_table()
     per_block = hook_costs()
     what = "µs added per block and forward on the CPU (tiny Wan, 8 blocks all swapped, prefetch 1, 1 thread)"
@@ -148,6 +136,5 @@ def run() -> dict:
 
 
 if __name__ == "__main__":
-    _setup()
     for metric, figure in run().items():
         print(f"{metric} = {figure['value']:.4g} {figure['unit']}")

@@ -10,7 +10,6 @@ the ratio falls short of 2 (each worker's generation itself slows down); the idl
 2 workers' time shows what the queue and the single dataset writer cost on their own.
 """
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,19 +17,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = 12
 ROUNDS = 2
-
-
-def _setup():
-    sys.path[:0] = [str(REPO), str(REPO / "utils")]
-    import pack_alias
-
-    pack_alias.register()
-    from comfyui_parallel.models.comfy_runtime import ensure_comfy
-
-    ensure_comfy()
-    from devtools.demo_models import ensure_models
-
-    ensure_models(REPO / "out" / "models-cache")
 
 
 def _job(devices: list[str]):
@@ -64,7 +50,6 @@ def _timed_run(job, group, tasks) -> tuple[float, float]:
 
 
 def run() -> dict:
-    _setup()
     from comfyui_parallel.models.sdxl_batch_job import WORKER_FN
     from comfyui_parallel.parallel.launch import WorkerGroup, WorkerGroupConfig
     from comfyui_parallel.utils.prompts import expand_tasks, parse_text

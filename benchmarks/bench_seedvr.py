@@ -10,7 +10,6 @@
 2. CPU seconds per output frame of the tiny random-weight model (2-block DiT width 64, VAE
    32/32/64/64): 9 frames upscaled to 64x96, 1 step (SeedVR2 settings), 1 thread.
 """
-import sys
 import time
 from pathlib import Path
 
@@ -19,13 +18,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
 BF16 = 2
-
-
-def _setup():
-    sys.path[:0] = [str(REPO), str(REPO / "utils")]
-    import pack_alias
-
-    pack_alias.register()
 
 
 def _bytes(module) -> int:
@@ -68,7 +60,6 @@ def cpu_seconds_per_frame(frames: int = 9) -> float:
 
 
 def run() -> dict:
-    _setup()
     results = {}
     for size in ("3b", "7b"):
         peaks = resident_peaks(f"seedvr2_{size}")

@@ -11,7 +11,6 @@ fraction, close to the fill/drain share when the schedule works) from the machin
 stage processes do not get two free cores (a shared CI box), each stage's steps slow down and
 the speedup drops while the bubble fraction stays low.
 """
-import sys
 import time
 from pathlib import Path
 
@@ -19,18 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 VIDEOS, STEPS, ROUNDS = 8, 8, 3
 
 
-def _setup():
-    sys.path[:0] = [str(REPO), str(REPO / "utils")]
-    import pack_alias
-
-    pack_alias.register()
-    from devtools.demo_models import comfy_on_path
-
-    comfy_on_path()
-
-
 def run() -> dict:
-    _setup()
     import torch
 
     from comfyui_parallel.models import svd_pipeline_run as pipeline_run

@@ -16,7 +16,6 @@ seconds at 1 thread); the figure is the ratio of medians. On a shared 2-core mac
 ratios depend on what else runs.
 """
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -25,16 +24,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 1
 LATENT = (2, 16, 4, 64, 64)  # CFG pair, 4 latent frames of 64 x 64 -> 4 x 32 x 32 = 4096 tokens
-
-
-def _setup():
-    sys.path[:0] = [str(REPO), str(REPO / "utils")]
-    import pack_alias
-
-    pack_alias.register()
-    from comfyui_parallel.models.comfy_runtime import ensure_comfy
-
-    ensure_comfy()
 
 
 def load_model():
@@ -78,7 +67,6 @@ def timed(step, threads: int) -> float:
 
 
 def run() -> dict:
-    _setup()
     patcher = load_model()
     plain, _ = step_function(patcher, "none")
     ulysses, keep_distributed = step_function(load_model(), "distributed")

@@ -1,7 +1,9 @@
 """`make bench`: run every benchmarks/bench_*.py, print each figure, write results.json.
 
 Each module exposes `run() -> {name: {value, unit, better, what}}`, measuring the
-compared variants side by side in one run. A failing benchmark is reported and the
+compared variants side by side in one run. This runner registers the pack as
+`comfyui_parallel` and configures ComfyUI before loading them; run one benchmark with
+`python benchmarks/run_all.py bench_<name>`. A failing benchmark is reported and the
 others still run; the exit status says whether all succeeded.
 """
 import importlib.util
@@ -35,6 +37,9 @@ def main(only: list[str]) -> int:
     import pack_alias
 
     pack_alias.register()
+    from comfyui_parallel.models.comfy_runtime import ensure_comfy
+
+    ensure_comfy()  # benchmarks import ComfyUI's model classes: configure it for this machine first
     results, failed = {}, []
     for path in sorted(HERE.glob("bench_*.py")):
         if only and path.stem not in only:

@@ -10,9 +10,7 @@ wrappers of other packs registered after this one still run, once per chunk.
 import comfy.patcher_extension
 from comfy.patcher_extension import CallbacksMP, WrappersMP
 
-from ..parallel.devices import same_device
-from ..parallel.placement import first_tensor_device
-from ..parallel.replicate import DataParallel, copy_to_device
+from ..parallel.replicate import DataParallel
 
 WRAPPER_KEY = "comfyui_parallel.multi_gpu"
 
@@ -35,39 +33,18 @@ def weights_identity(module) -> tuple:
     return tuple(t.data_ptr() for t in list(module.parameters()) + list(module.buffers()))
 
 
-class InferenceWeightsDataParallel(DataParallel):
-    """DataParallel over weights loaded under torch.inference_mode, as ComfyUI's server loads them.
-
-    Inference tensors have no version counter, which DataParallel's own change check reads;
-    here a change is a replaced tensor (data_ptr), which is how ComfyUI patches weights.
-    Stopgap until parallel.replicate's check handles inference tensors itself.
-    """
-
-    def refresh(self) -> None:
-        source = first_tensor_device(self.module)
-        self.replicas = [self.module if i == 0 and (source is None or same_device(source, device))
-                         else copy_to_device(self.module, device) for i, device in enumerate(self.devices)]
-        self._signature = weights_identity(self.module)
-
-    def refresh_if_changed(self) -> bool:
-        if weights_identity(self.module) == self._signature:
-            return False
-        self.refresh()
-        return True
-
-
 class DataParallelRunner:
     """DIFFUSION_MODEL wrapper: every call's batch split over replicas of the model, one per device."""
 
     def __init__(self, devices):
         self.devices = list(devices)
-        self.parallel: InferenceWeightsDataParallel | None = None
+        self.parallel: DataParallel | None = None
 
     def __call__(self, executor, *args, **kwargs):
         module = executor.class_obj
         if self.parallel is None or self.parallel.module is not module:
             self.close()
-            self.parallel = InferenceWeightsDataParallel(module, self.devices)
+            self.parallel = DataParallel(module, self.devices)
         return self.parallel.call(lambda replica, *a, **k: continue_chain(executor, replica)(*a, **k),
                                   *args, **kwargs)
 

@@ -18,6 +18,12 @@ if str(COMFYUI_DIR) not in sys.path:
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # for `devtools`
 
+# pytest imports the repo's own __init__.py (the pack) while collecting; its nodes import
+# ComfyUI, which must be configured for this machine (cpu without a GPU) before that.
+from comfyui_parallel.models.comfy_runtime import ensure_comfy  # noqa: E402
+
+ensure_comfy(COMFYUI_DIR)
+
 
 @pytest.fixture(scope="session")
 def models_cache() -> Path:
