@@ -27,6 +27,7 @@ import torch
 from ..parallel.devices import free_bytes, storage_device
 from ..parallel.placement import distribute_blocks
 from ..parallel.plan import module_bytes, plan_blocks
+from .patcher_mixin import refuse_other_block_manager, with_mixin
 from .wan import block_index_of, wan_blocks
 
 MANAGED_MODES = ("block_distribution", "distributed")
@@ -68,6 +69,8 @@ def placement_of(base_model: torch.nn.Module) -> Placement | None:
 
 class MultiGPUPatcherMixin:
     """Overrides of ModelPatcher's loading entry points; see the module docstring."""
+
+    BLOCK_MANAGER = "Multi-GPU"
 
     multi_gpu: MultiGPUSettings
 
@@ -162,22 +165,11 @@ class MultiGPUPatcherMixin:
         return super().unpatch_model(device_to, unpatch_weights)
 
 
-_CLASSES: dict[type, type] = {}
-
-
-def multi_gpu_class(patcher_class: type) -> type:
-    """`patcher_class` with the Multi-GPU overrides on top (one subclass per class, reused)."""
-    if issubclass(patcher_class, MultiGPUPatcherMixin):
-        return patcher_class
-    if patcher_class not in _CLASSES:
-        _CLASSES[patcher_class] = type(f"MultiGPU{patcher_class.__name__}", (MultiGPUPatcherMixin, patcher_class), {})
-    return _CLASSES[patcher_class]
-
-
 def as_multi_gpu(model_patcher, settings: MultiGPUSettings):
     """A clone of `model_patcher` that loads according to `settings` (the input is left untouched)."""
+    refuse_other_block_manager(model_patcher, MultiGPUPatcherMixin)
     clone = model_patcher.clone()
-    clone.__class__ = multi_gpu_class(type(model_patcher))
+    clone.__class__ = with_mixin(type(model_patcher), MultiGPUPatcherMixin, "MultiGPU")
     clone.multi_gpu = settings
     clone.load_device = settings.main_device
     clone.patches_uuid = uuid.uuid4()  # weights loaded under other settings are re-placed, not reused

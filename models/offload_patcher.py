@@ -28,6 +28,7 @@ from ..offload.ledger import ResidentLedger, planned_peak, swapped_indices
 from ..offload.swap import BlockOffloader, OffloadConfig, place_blocks
 from .blocks import transformer_blocks
 from .comfy_runtime import ensure_comfy
+from .patcher_mixin import refuse_other_block_manager, with_mixin
 
 ensure_comfy()
 import comfy.model_management  # noqa: E402
@@ -99,6 +100,8 @@ def block_sizes(base_model) -> tuple[list[int], int]:
 
 class OffloadPatcherMixin:
     """Overrides of ModelPatcher's loading so the swapped blocks belong to the offloader alone."""
+
+    BLOCK_MANAGER = "Offload"
 
     @property
     def offload_state(self) -> OffloadState:
@@ -175,24 +178,13 @@ def move_except(module: torch.nn.Module, device, skip: set) -> None:
         move_except(child, device, skip)
 
 
-_CLASSES: dict[type, type] = {}
-
-
-def offload_patcher_class(base: type) -> type:
-    """`base` combined with OffloadPatcherMixin (one class per base, reused)."""
-    if issubclass(base, OffloadPatcherMixin):
-        return base
-    if base not in _CLASSES:
-        _CLASSES[base] = type(f"Offload{base.__name__}", (OffloadPatcherMixin, base), {})
-    return _CLASSES[base]
-
-
 def apply_offload(model: comfy.model_patcher.ModelPatcher, settings: OffloadSettings) -> comfy.model_patcher.ModelPatcher:
     """A clone of `model` whose swapped blocks are offloaded as `settings` say."""
     transformer_blocks(model.model)  # refuse unsupported models before cloning
+    refuse_other_block_manager(model, OffloadPatcherMixin)
     patched = model.clone()
     # Same object, subclass with the same layout: keeps every attribute the clone already has.
-    patched.__class__ = offload_patcher_class(type(patched))
+    patched.__class__ = with_mixin(type(patched), OffloadPatcherMixin, "Offload")
     # A new weight identity: ComfyUI then unpatches and reloads when switching from a plain clone.
     patched.patches_uuid = uuid.uuid4()
     state = OffloadState(settings, ResidentLedger(base_bytes=block_sizes(patched.model)[1]))
