@@ -35,6 +35,28 @@ def _default_devices() -> list[torch.device]:
     return [torch.device("cuda", i) for i in range(count)]
 
 
+def _reset_kernel_peak_rss() -> bool:
+    """Reset Linux's peak-RSS mark (VmHWM) for this process; False where that is unavailable."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _kernel_peak_rss() -> int | None:
+    """Linux's peak RSS of this process since the last reset (VmHWM), exact where sampling can miss."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class MemoryMonitor:
     """Samples memory every `interval` seconds until stopped (or `duration` elapsed)."""
 
@@ -57,11 +79,13 @@ class MemoryMonitor:
         self._thread: threading.Thread | None = None
         self._start_time = 0.0
         self._baseline_max: dict = {}
+        self._kernel_peak = False
 
     def start(self) -> "MemoryMonitor":
         """Begin sampling in a daemon thread."""
         self._start_time = time.monotonic()
         self._baseline_max = {d: torch.cuda.max_memory_allocated(d) for d in self.devices}
+        self._kernel_peak = _reset_kernel_peak_rss()
         self._stop.clear()
         self.sample()
         self._thread = threading.Thread(target=self._loop, name="memory-monitor", daemon=True)
@@ -69,11 +93,18 @@ class MemoryMonitor:
         return self
 
     def stop(self) -> "MemoryMonitor":
-        """Stop sampling, take a last reading and fold in the allocator's high-water marks."""
+        """Stop sampling, take a last reading and fold in the kernel's and allocator's high-water marks.
+
+        The kernel's peak-RSS mark catches a peak between two samples (a busy machine can delay
+        the sampling thread); it is reset at start(), so monitors must not overlap in time.
+        """
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self.sample()
+        kernel_peak = _kernel_peak_rss() if self._kernel_peak else None
+        if kernel_peak is not None:
+            self.peak_rss = max(self.peak_rss, kernel_peak)
         for device in self.devices:
             high = torch.cuda.max_memory_allocated(device)
             if high > self._baseline_max.get(device, 0):

@@ -1,4 +1,6 @@
 """Gradient checkpointing: the same loss and gradients, less activation memory, clean undo."""
+import ctypes
+import ctypes.util
 import json
 
 import pytest
@@ -86,11 +88,20 @@ def test_disable_restores_forward_and_inference_untouched():
     assert [block.forward for block in blocks] == original
 
 
+def fixed_mmap_threshold(n_bytes: int = 1 << 20) -> None:
+    """Make glibc serve large allocations with mmap and return them on free, so RSS follows the
+    live tensors (by default glibc raises its threshold after a free and keeps freed memory)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_mmap_threshold = -3
+    assert libc.mallopt(m_mmap_threshold, n_bytes) == 1
+
+
 def test_lower_peak_memory_seen_by_the_memory_monitor():
     """The pack's MemoryMonitor (process RSS) sees the activations checkpointing no longer keeps."""
     from comfyui_parallel.parallel.monitor import MemoryMonitor
 
     torch.set_num_threads(1)
+    fixed_mmap_threshold()
     x = torch.randn(16384, 64)
     blocks = make_blocks()
 
