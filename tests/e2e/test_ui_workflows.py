@@ -13,7 +13,8 @@ import pytest
 
 from devtools.comfy_server import REPO
 
-UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+# the bundled ones (run by make demo) and those for real checkpoints (workflows/real/)
+UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json")) + sorted((REPO / "workflows" / "real").glob("*.json"))
 SCREENSHOTS = REPO / "out" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -53,7 +54,7 @@ def test_there_are_ui_workflows():
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
 def test_ui_workflow_loads_without_missing_nodes(page, workflow: Path):
     ui = json.loads(workflow.read_text())
-    api = json.loads((REPO / "workflows" / "api" / workflow.name).read_text())
+    api = json.loads((workflow.parent / "api" / workflow.name).read_text())
     report = page.evaluate("""async (workflow) => {
         await window.app.loadGraphData(workflow);
         const nodes = window.app.graph._nodes;
