@@ -124,3 +124,17 @@ def _svd_writer(path: Path) -> None:
 WRITERS.update({
     ("diffusion_models", "min_svd_unet.safetensors"): _svd_writer,
 })
+
+
+def _svd_lora_writer(path: Path) -> None:
+    """A rank-4 LoRA for min_svd_unet (devtools/tiny_svd.py), imported on first use."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from devtools import tiny_svd
+
+    tiny_svd.write_min_svd_lora(path)
+
+
+WRITERS.update({
+    ("loras", "min_svd_lora.safetensors"): _svd_lora_writer,
+})

@@ -75,3 +75,39 @@ def write_image_embeds(folder) -> None:
     embed = torch.randn(1, 1, 1024, generator=torch.Generator().manual_seed(3))
     save_file({"cond": embed}, str(folder / "svd_image_embed.safetensors"))
     save_file({"cond": torch.zeros_like(embed)}, str(folder / "svd_image_embed_zero.safetensors"))
+
+
+
+def write_svd_lora(path, unet_state: dict, rank: int = 4, seed: int = 2, scale: float = 0.05) -> None:
+    """A LoRA for an SVD UNet (its state dict, or just tensors of its shapes) in ComfyUI's kohya key
+    format (lora_unet_<module path with _>): lora_down / lora_up / alpha for every linear and 2D-conv
+    weight, seeded random values."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, weight in unet_state.items():
+        if not key.endswith(".weight") or weight.ndim not in (2, 4):
+            continue
+        name = "lora_unet_" + key[:-len(".weight")].replace(".", "_")
+        kernel = weight.shape[2:]
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, weight.shape[1], *kernel, generator=generator) * scale
+        tensors[f"{name}.lora_up.weight"] = torch.randn(weight.shape[0], rank, *([1] * len(kernel)),
+                                                        generator=generator) * scale
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+MIN_SVD_LORA = "min_svd_lora.safetensors"
+
+
+def write_min_svd_lora(path) -> None:
+    """A rank-4 LoRA for the min_svd_unet (shapes from ComfyUI's SVD class on the meta device)."""
+    comfy_on_path()
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SVD_img2vid(dict(MIN_SVD_UNET_CONFIG))
+    model_config.set_inference_dtype(torch.float16, None)
+    with torch.device("meta"):
+        model = model_config.get_model({})
+    write_svd_lora(path, model.diffusion_model.state_dict(), scale=0.02)

@@ -1,8 +1,9 @@
 """The step pipeline's caller side: share the model, start the stages, collect videos and the report.
 
-Runs in ComfyUI's server (or a test): the model's weights go once into shared memory, one
-worker per device (a long-lived WorkerGroup, kept between prompts) rebuilds ComfyUI's model
-and runs its stage of the steps (models/svd_stage_worker.py). Progress counts every video's
+Runs in ComfyUI's server (or a test): the model's weights, with its weight patches (LoRA)
+applied, go once into shared memory, its CFG patch goes as plain data (svd_model_patches.py),
+one worker per device (a long-lived WorkerGroup, kept between prompts) rebuilds ComfyUI's
+model and runs its stage of the steps (models/svd_stage_worker.py). Progress counts every video's
 every step over all stages; ComfyUI's cancel stops all stages. After a cancel or a failure the
 group is closed (its channels may hold half-sent latents) and the next prompt starts a new one.
 """
@@ -18,6 +19,7 @@ from ..parallel.launch import WorkerGroup, WorkerGroupConfig
 from ..parallel.pipeline import PipelineReport, StageStats, split_steps
 from ..parallel.shared_weights import share_state_dict
 from ..utils.errors import Cancelled
+from .svd_model_patches import describe_patches, patched_state_dict, weights_key
 from .svd_stage import check_splittable, model_spec, schedule_sigmas
 
 WORKER_FN = "models.svd_stage_worker:run"
@@ -47,7 +49,8 @@ class _Groups:
 
     def __init__(self):
         self.groups: dict[tuple, WorkerGroup] = {}
-        self.weights: tuple | None = None  # (base model, SharedWeights) of the latest model
+        # (weights_key, SharedWeights, base model kept alive so its id is not reused) of the latest model
+        self.weights: tuple | None = None
 
     def get(self, names: tuple, comfyui_dir: str) -> WorkerGroup:
         key = (names, comfyui_dir)
@@ -62,11 +65,12 @@ class _Groups:
         group.close()
 
     def shared_weights(self, model):
-        """The base model's weights in shared memory, made once per model (the latest one is kept)."""
-        if self.weights is None or self.weights[0] is not model.model:
+        """The model's weights, weight patches applied, in shared memory; made once per model and
+        patch set (the latest one is kept)."""
+        key = weights_key(model)
+        if self.weights is None or self.weights[0] != key:
             self.release_weights()
-            state = {k: v.detach().to("cpu") for k, v in model.model.state_dict().items()}
-            self.weights = (model.model, share_state_dict(state))
+            self.weights = (key, share_state_dict(patched_state_dict(model)), model.model)
         return self.weights[1]
 
     def release_weights(self) -> None:
@@ -97,12 +101,13 @@ def run_pipeline(model, positive, negative, latent: torch.Tensor, settings: Pipe
                  on_progress=None, should_cancel=None) -> PipelineResult:
     """Sample settings.num_videos videos (seeds seed … seed+n−1) through len(devices) stages."""
     check_splittable(settings.sampler_name)
+    guidance = describe_patches(model)
     sigmas = schedule_sigmas(model, settings.steps, settings.sampler_name, settings.scheduler)
     ranges = stage_ranges(len(sigmas) - 1, len(devices), settings.stage_split, measured)
     names = tuple(str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices)
     group = GROUPS.get(names, str(comfyui_dir))
     weights = GROUPS.shared_weights(model)
-    job = {"spec": model_spec(model), "weights": weights, "model_key": weights.spec()["shm_name"],
+    job = {"spec": model_spec(model), "weights": weights, "guidance": guidance, "model_key": weights.spec()["shm_name"],
            "comfyui_dir": str(comfyui_dir), "sigmas": sigmas, "ranges": ranges, "seed": settings.seed,
            "cfg": settings.cfg, "sampler_name": settings.sampler_name, "num_videos": settings.num_videos,
            "positive": positive, "negative": negative, "latent": latent}

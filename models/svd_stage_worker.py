@@ -1,7 +1,8 @@
 """The step pipeline's worker side: one stage per WorkerGroup process.
 
-`run(ctx, job)` rebuilds ComfyUI's model once per worker (kept in ctx.state between prompts),
-then runs the pipeline's stage loop (parallel/pipeline.py): for each video in seed order it
+`run(ctx, job)` rebuilds ComfyUI's model once per worker from weights that already carry any
+LoRA (kept in ctx.state between prompts) and gives it the job's CFG patch, then runs the
+pipeline's stage loop (parallel/pipeline.py): for each video in seed order it
 receives the previous stage's latent and sampler state, runs this stage's steps with ComfyUI's
 own sampling (models/svd_stage.py) and sends the result on. The last stage returns the latents.
 Messages are plain data and tensors: the job is a dict, conditioning is ComfyUI's own lists.
@@ -15,7 +16,9 @@ from .comfy_runtime import ensure_comfy
 
 
 def stage_model(ctx, job: dict):
-    """The job's model on this worker, rebuilt only when the weights changed."""
+    """The job's model on this worker: rebuilt only when the weights changed, then given the
+    job's CFG patch (VideoLinearCFGGuidance / VideoTriangleCFGGuidance) by ComfyUI's own node."""
+    from .svd_model_patches import apply_patches
     from .svd_stage import build_model
 
     cached = ctx.state.get("svd_model")
@@ -23,7 +26,7 @@ def stage_model(ctx, job: dict):
         ctx.state.pop("svd_model", None)
         model = build_model(job["spec"], job["weights"].open(), ctx.device)
         ctx.state["svd_model"] = cached = (job["model_key"], model)
-    return cached[1]
+    return apply_patches(cached[1], job.get("guidance"))
 
 
 class StageWork:

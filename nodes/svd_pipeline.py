@@ -20,8 +20,10 @@ class SVDStepPipelineSampler:
     def INPUT_TYPES(cls):
         samplers, schedulers = sampler_lists()
         return {"required": {
-            "model": ("MODEL", {"tooltip": "An SVD / SVD-XT model, e.g. from ImageOnlyCheckpointLoader. Every stage "
-                                "worker rebuilds it from shared weights (model patches are not carried)."}),
+            "model": ("MODEL", {"tooltip": "An SVD / SVD-XT model, e.g. from ImageOnlyCheckpointLoader, optionally "
+                                "through VideoLinearCFGGuidance or VideoTriangleCFGGuidance and LoRA loaders. Every "
+                                "stage worker rebuilds it: LoRA-patched weights go through shared memory, the CFG "
+                                "node's patch is re-applied with its min_cfg. Other model patches are refused."}),
             "positive": ("CONDITIONING", {"tooltip": "Positive conditioning from SVD_img2vid_Conditioning."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative conditioning from SVD_img2vid_Conditioning."}),
             "latent_image": ("LATENT", {"tooltip": "The video latent from SVD_img2vid_Conditioning (frames × 4 × h × w)."}),
@@ -62,7 +64,6 @@ class SVDStepPipelineSampler:
         devices = parse_gpu_ids(gpu_ids)
         if len(devices) > steps:
             raise InputError("gpu_ids", f"names {len(devices)} stages for {steps} steps", f"at most {steps} devices")
-        require_plain_model(model)
         samples = latent_image["samples"]
         if samples.ndim != 4:
             raise InputError("latent_image", f"has shape {tuple(samples.shape)}", "an SVD latent: frames × 4 × h × w")
@@ -81,20 +82,6 @@ class SVDStepPipelineSampler:
         out = {k: v for k, v in latent_image.items() if k not in ("samples", "batch_index", "noise_mask")}
         out["samples"] = result.samples
         return (out, result.report.text())
-
-
-def require_plain_model(model) -> None:
-    """Refuse patches the stage workers would silently drop (they rebuild the model from weights)."""
-    options = model.model_options
-    transformer = options.get("transformer_options", {})
-    carried = [name for name in options if name != "transformer_options" and options[name]]
-    carried += [name for name in ("patches", "patches_replace", "wrappers", "callbacks") if transformer.get(name)]
-    if model.patches or model.object_patches or carried:
-        found = sorted(set(carried) | ({"weight patches (LoRA)"} if model.patches else set())
-                       | set(model.object_patches))
-        raise InputError("model", f"carries patches the stage workers cannot rebuild: {', '.join(found)}",
-                         "the unpatched MODEL from ImageOnlyCheckpointLoader (apply CFG patches such as "
-                         "VideoLinearCFGGuidance with KSampler instead)")
 
 
 NODE_CLASS_MAPPINGS = {"SVDStepPipelineSampler": SVDStepPipelineSampler}
