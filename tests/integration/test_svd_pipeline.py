@@ -155,12 +155,3 @@ def test_node_refuses_bad_inputs(svd, inputs, message):
                 stage_split="even")
     with pytest.raises(InputError, match=message):
         SVDStepPipelineSampler().sample(**{**args, **inputs})
-
-
-def test_node_refuses_a_patched_model(svd):
-    model, positive, negative, latent = svd
-    patched = model.clone()
-    patched.set_model_sampler_cfg_function(lambda args: args["cond"])
-    with pytest.raises(InputError, match="model: carries patches.*sampler_cfg_function"):
-        SVDStepPipelineSampler().sample(patched, positive, negative, {"samples": latent}, SEED, STEPS, CFG, "euler",
-                                        "karras", 1, "cpu,cpu", "even")
