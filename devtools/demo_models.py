@@ -138,3 +138,26 @@ def _svd_lora_writer(path: Path) -> None:
 WRITERS.update({
     ("loras", "min_svd_lora.safetensors"): _svd_lora_writer,
 })
+
+
+TINY_WAN_I2V = "tiny_wan_i2v.safetensors"
+TINY_WAN22_TI2V = "tiny_wan22_ti2v_5b.safetensors"
+TINY_WAN22_HIGH = "tiny_wan22_t2v_high_noise.safetensors"
+TINY_WAN22_LOW = "tiny_wan22_t2v_low_noise.safetensors"
+
+
+def _wan_writer(seed: int, **overrides) -> Callable[[Path], None]:
+    """A writer of a tiny Wan variant: ComfyUI detects i2v from img_emb (in_dim 36, WAN21 image_to_video),
+    Wan 2.2 TI2V 5B from out_dim 48 (WAN22, 48 latent channels, per-frame timesteps); Wan 2.2 14B's
+    high-noise / low-noise experts are T2V-shaped, so two seeds of the T2V model stand in for the pair."""
+    def write(path: Path) -> None:
+        save_file(tiny_wan_state_dict(seed=seed, **overrides), str(path))
+    return write
+
+
+WRITERS.update({
+    ("diffusion_models", TINY_WAN_I2V): _wan_writer(1, model_type="i2v", in_dim=36),
+    ("diffusion_models", TINY_WAN22_TI2V): _wan_writer(2, in_dim=48, out_dim=48),
+    ("diffusion_models", TINY_WAN22_HIGH): _wan_writer(11),
+    ("diffusion_models", TINY_WAN22_LOW): _wan_writer(12),
+})

@@ -37,13 +37,18 @@ def conditioning(seed: int = 5, tokens: int = 8):
     return positive, negative
 
 
-def sample(model, seed: int = 42, steps: int = 3, cfg: float = 5.0, latent_shape=LATENT_SHAPE) -> torch.Tensor:
-    """What KSampler does (euler / simple, denoise 1) through ComfyUI's sampling and model management."""
-    positive, negative = conditioning()
-    latent = torch.zeros(latent_shape)
+def sample(model, seed: int = 42, steps: int = 3, cfg: float = 5.0, latent_shape=LATENT_SHAPE, conds=None,
+           latent=None, noise_mask=None) -> torch.Tensor:
+    """What KSampler does (euler / simple, denoise 1) through ComfyUI's sampling and model management.
+
+    conds: (positive, negative), default `conditioning()`; latent: the LATENT's samples (default zeros of
+    latent_shape); noise_mask: the LATENT's noise_mask (Wan 2.2 TI2V's start image).
+    """
+    positive, negative = conds if conds is not None else conditioning()
+    latent = torch.zeros(latent_shape) if latent is None else latent
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
-                               seed=seed, disable_pbar=True)
+                               noise_mask=noise_mask, seed=seed, disable_pbar=True)
 
 
 class MoveSpy(contextlib.AbstractContextManager):
