@@ -71,8 +71,8 @@ def run(model, inputs: VariantInputs) -> torch.Tensor:
     return sample(model, conds=inputs.conds, latent=inputs.latent, noise_mask=inputs.noise_mask)
 
 
-def multi_gpu(model, mode: str):
-    return apply_multi_gpu(model, resolve(model, MultiGPURequest(mode, "cpu,cpu")))
+def multi_gpu(model, mode: str, gpu_ids: str = "cpu,cpu"):
+    return apply_multi_gpu(model, resolve(model, MultiGPURequest(mode, gpu_ids)))
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,13 @@ def test_ti2v_keeps_the_start_frame_and_denoises_the_rest(references):
     inputs, result = ti2v_inputs(), references["wan22_ti2v_5b"]
     torch.testing.assert_close(result[:, :, :1], inputs.latent[:, :, :1], rtol=0, atol=1e-6)
     assert result[:, :, 1:].abs().mean() > 0.1
+
+
+def test_four_workers_split_cfg_and_sequence(models_cache, references):
+    """Two CFG groups of two sequence ranks: per-frame timesteps, image latent and CLIP features split by row."""
+    models = []  # both held, so the second variant reuses the started workers
+    for variant, make in VARIANTS.items():
+        inputs = make()
+        models.append(multi_gpu(load(models_cache, inputs), "distributed", "cpu,cpu,cpu,cpu"))
+        assert runner_of(models[-1]).cfg_degree == 2
+        torch.testing.assert_close(run(models[-1], inputs), references[variant], rtol=1e-4, atol=1e-4)
