@@ -22,6 +22,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_LINK_NAME = "ComfyUI-Parallel"
+END_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
 
 
 def free_port() -> int:
@@ -189,11 +190,15 @@ class ComfyServer:
         """Follow the prompt on the websocket (progress) until /history says it completed."""
         start = time.monotonic()
         progress: list = []
+        ended = False
         while time.monotonic() - start < timeout:
-            self.read_progress(prompt_id, progress)
+            ended = self.read_progress(prompt_id, progress) or ended
             history = self.get(f"/history/{prompt_id}")
             entry = history.get(prompt_id)
             if entry and entry.get("status", {}).get("completed") is not None:
+                drain_until = time.monotonic() + 5  # history can complete before the last messages are read
+                while not ended and time.monotonic() < drain_until:
+                    ended = self.read_progress(prompt_id, progress)
                 status = entry["status"].get("status_str", "error")
                 if any(kind == "execution_interrupted" for kind, _ in entry["status"].get("messages", [])):
                     status = "interrupted"
@@ -202,8 +207,11 @@ class ComfyServer:
                 raise RuntimeError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
 
-    def read_progress(self, prompt_id: str, progress: list, seconds: float = 0.3) -> None:
-        """Read websocket messages for up to `seconds`, keeping this prompt's progress events."""
+    def read_progress(self, prompt_id: str, progress: list, seconds: float = 0.3) -> bool:
+        """Read websocket messages for up to `seconds`, keeping this prompt's progress events.
+
+        Returns True once the prompt's end message (success, error, interrupt) was read.
+        """
         import websocket
 
         ws = self.websocket()
@@ -215,10 +223,14 @@ class ComfyServer:
                     continue
                 message = json.loads(raw)
                 data = message.get("data", {})
-                if message.get("type") == "progress" and data.get("prompt_id") in (None, prompt_id):
+                if data.get("prompt_id") not in (None, prompt_id):
+                    continue
+                if message.get("type") == "progress":
                     progress.append((data.get("node"), data.get("value"), data.get("max")))
+                if message.get("type") in END_MESSAGES and data.get("prompt_id") == prompt_id:
+                    return True
         except (websocket.WebSocketTimeoutException, TimeoutError):
-            return
+            return False
 
     def run(self, prompt: dict, timeout: float = 600) -> PromptResult:
         self.websocket()
