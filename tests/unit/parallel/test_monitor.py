@@ -1,5 +1,5 @@
 """MemoryMonitor: RSS peaks, modelled resident bytes, timeline, summary, self-stopping duration."""
-import torch
+import mmap
 
 from comfyui_parallel.parallel.monitor import MemoryMonitor
 
@@ -7,9 +7,12 @@ from comfyui_parallel.parallel.monitor import MemoryMonitor
 def test_peak_rss_sees_an_allocation():
     with MemoryMonitor(interval=0.01) as mon:
         before = mon.sample().rss
-        big = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+        # fresh anonymous pages, touched: a malloc'd buffer could reuse memory earlier tests freed
+        big = mmap.mmap(-1, 64 * 1024 * 1024)
+        for offset in range(0, len(big), mmap.PAGESIZE):
+            big[offset] = 1
         mon.sample()
-        del big
+        big.close()
     assert mon.peak_rss >= before + 60 * 1024 * 1024
     assert not mon.running
     assert mon.timeline[0].t <= mon.timeline[-1].t
