@@ -33,13 +33,9 @@ def check(name: str, figure: dict) -> None:
 
 def main(only: list[str]) -> int:
     sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "utils"))
-    import pack_alias
+    from devtools.pack import comfy_on_path
 
-    pack_alias.register()
-    from comfyui_parallel.models.comfy_runtime import ensure_comfy
-
-    ensure_comfy()  # benchmarks import ComfyUI's model classes: configure it for this machine first
+    comfy_on_path()  # benchmarks import ComfyUI's model classes: configure it for this machine first
     results, failed = {}, []
     for path in sorted(HERE.glob("bench_*.py")):
         if only and path.stem not in only:

@@ -5,27 +5,17 @@ small size, with a fixed seed, and saves a real safetensors file that ComfyUI's 
 loaders detect. `ensure_models(models_dir)` writes what is missing and returns the names.
 Register a new writer in WRITERS: (ComfyUI model folder, file name) -> function(path).
 """
-import sys
+import importlib
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import save_file
 
+from .pack import comfy_on_path
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_WAN = "tiny_wan_t2v.safetensors"
-
-
-def comfy_on_path() -> None:
-    """Make `comfy` importable in this process (cpu mode when there is no GPU)."""
-    if str(REPO / "utils") not in sys.path:
-        sys.path.insert(0, str(REPO / "utils"))
-    import pack_alias
-
-    pack_alias.register()
-    from comfyui_parallel.models.comfy_runtime import ensure_comfy
-
-    ensure_comfy()
 
 
 def random_init_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
@@ -77,66 +67,24 @@ def ensure_models(models_dir: Path) -> list[Path]:
     return paths
 
 
-def _sd15_writer(name: str) -> Callable[[Path], None]:
-    """A writer from devtools/demo_sd15.py (tiny SD1.x checkpoint, LoRA, DoRA), imported on first use."""
+def _lazy_writer(module: str, function: str) -> Callable[[Path], None]:
+    """devtools.<module>.<function>, imported on first use (those modules import this one)."""
     def write(path: Path) -> None:
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))
-        from devtools import demo_sd15
-
-        getattr(demo_sd15, name)(path)
+        getattr(importlib.import_module(f".{module}", __package__), function)(path)
     return write
 
 
 WRITERS.update({
-    ("checkpoints", "tiny_sd15.safetensors"): _sd15_writer("write_tiny_sd15"),
-    ("loras", "tiny_sd15_lora.safetensors"): _sd15_writer("write_tiny_lora"),
-    ("loras", "tiny_sd15_dora.safetensors"): _sd15_writer("write_tiny_dora"),
-})
-
-
-def _seedvr_writer(name: str) -> Callable[[Path], None]:
-    """A writer from devtools/demo_seedvr.py (tiny SeedVR DiT and VAE), imported on first use."""
-    def write(path: Path) -> None:
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))
-        from devtools import demo_seedvr
-
-        getattr(demo_seedvr, name)(path)
-    return write
-
-
-WRITERS.update({
-    ("seedvr", "tiny_seedvr2_dit.safetensors"): _seedvr_writer("write_tiny_dit"),
-    ("seedvr", "tiny_seedvr_vae.safetensors"): _seedvr_writer("write_tiny_vae"),
-})
-
-
-def _svd_writer(path: Path) -> None:
-    """The smallest UNet ComfyUI detects as SVD (devtools/tiny_svd.py), imported on first use."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from devtools import tiny_svd
-
-    tiny_svd.write_min_svd_unet(path)
-
-
-WRITERS.update({
-    ("diffusion_models", "min_svd_unet.safetensors"): _svd_writer,
-})
-
-
-def _svd_lora_writer(path: Path) -> None:
-    """A rank-4 LoRA for min_svd_unet (devtools/tiny_svd.py), imported on first use."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from devtools import tiny_svd
-
-    tiny_svd.write_min_svd_lora(path)
-
-
-WRITERS.update({
-    ("loras", "min_svd_lora.safetensors"): _svd_lora_writer,
+    # tiny SD1.x checkpoint, LoRA and DoRA (demo_sd15.py)
+    ("checkpoints", "tiny_sd15.safetensors"): _lazy_writer("demo_sd15", "write_tiny_sd15"),
+    ("loras", "tiny_sd15_lora.safetensors"): _lazy_writer("demo_sd15", "write_tiny_lora"),
+    ("loras", "tiny_sd15_dora.safetensors"): _lazy_writer("demo_sd15", "write_tiny_dora"),
+    # tiny SeedVR DiT and VAE (demo_seedvr.py)
+    ("seedvr", "tiny_seedvr2_dit.safetensors"): _lazy_writer("demo_seedvr", "write_tiny_dit"),
+    ("seedvr", "tiny_seedvr_vae.safetensors"): _lazy_writer("demo_seedvr", "write_tiny_vae"),
+    # the smallest UNet ComfyUI detects as SVD, and a rank-4 LoRA for it (tiny_svd.py)
+    ("diffusion_models", "min_svd_unet.safetensors"): _lazy_writer("tiny_svd", "write_min_svd_unet"),
+    ("loras", "min_svd_lora.safetensors"): _lazy_writer("tiny_svd", "write_min_svd_lora"),
 })
 
 

@@ -3,13 +3,14 @@
 A 2-block DiT of the 3B family (width 64, text width 32) and a 4-level VAE with the official
 layout and compression (channels 32/32/64/64), saved as safetensors with the official key names;
 `variant=auto` reads their sizes from the weights. Text embeddings for them (32 wide) go to
-workflows/inputs/ as Load Conditioning files.
+workflows/inputs/ as Load Conditioning files (`python -m devtools.demo_seedvr` rewrites them).
 """
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from .pack import register_pack
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DIT = "tiny_seedvr2_dit.safetensors"
@@ -19,11 +20,7 @@ NEG_EMB = "seedvr_tiny_neg_emb.safetensors"
 
 
 def _pack():
-    if str(REPO / "utils") not in sys.path:
-        sys.path.insert(0, str(REPO / "utils"))
-    import pack_alias
-
-    pack_alias.register()
+    register_pack()
     from comfyui_parallel.models.seedvr import build, config
 
     return build, config

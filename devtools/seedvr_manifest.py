@@ -6,20 +6,18 @@
 The DiTs are listed in float32 (their construction dtype), the VAE in bfloat16 (the reference
 casts it before loading), as the reference manifests are.
 """
-import sys
 from pathlib import Path
 
 import torch
+
+from .pack import register_pack
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _pack():
     """Import the pack as `comfyui_parallel` (works from any folder name)."""
-    sys.path.insert(0, str(REPO / "utils"))
-    import pack_alias
-
-    pack_alias.register()
+    register_pack()
     from comfyui_parallel.models.seedvr import build
 
     return build

@@ -25,11 +25,3 @@ def register(name: str = PACK_ALIAS):
     package.__file__ = str(PACK_DIR / "__init__.py")
     sys.modules[name] = package
     return package
-
-
-def load_by_path(path: Path):
-    """Import utils/pack_alias.py from a path (used by entry points run as scripts)."""
-    spec = importlib.util.spec_from_file_location("_comfyui_parallel_alias", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
