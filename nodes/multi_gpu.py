@@ -5,12 +5,11 @@ use it unchanged and LoRAs applied before or after still apply. The modes themse
 in models/multi_gpu_* (ComfyUI integration) and parallel/ (the engine).
 """
 import folder_paths
-from safetensors import SafetensorError
 
+from ..models.diffusion_file import load_diffusion_file
 from ..models.multi_gpu_settings import (LOAD_DEVICES, MODES, PRECISIONS, MultiGPURequest, apply_multi_gpu,
                                          check_precision, requested_mode, resolve)
 from ..parallel.devices import parse_gpu_ids
-from ..utils.errors import InputError
 
 
 def parallel_inputs() -> dict:
@@ -37,23 +36,6 @@ def load_device_input() -> dict:
             "go back to the CPU after every sampling run, freeing the GPUs for other models."})}
 
 
-def load_model_file(unet_name: str, dtype):
-    """Load a diffusion model with ComfyUI's own loader; unknown or unreadable files are InputErrors."""
-    import comfy.sd  # here, not at import: pytest imports the pack's __init__ before ComfyUI is configured
-
-    path = folder_paths.get_full_path("diffusion_models", unet_name)
-    if path is None:
-        known = folder_paths.get_filename_list("diffusion_models")
-        raise InputError("unet_name", f"'{unet_name}' not found in the diffusion_models folder",
-                         ", ".join(known[:20]) or "no model files there yet")
-    try:
-        return comfy.sd.load_diffusion_model(path, model_options={"dtype": dtype})
-    except (SafetensorError, OSError) as error:
-        raise InputError("unet_name", f"'{unet_name}' is not a readable model file ({error})") from error
-    except RuntimeError as error:
-        raise InputError("unet_name", f"'{unet_name}' is not a model ComfyUI recognises ({error})") from error
-
-
 class MultiGPULoader:
     @classmethod
     def INPUT_TYPES(cls):
@@ -77,7 +59,7 @@ class MultiGPULoader:
                                   load_device)
         requested_mode(request)
         dtype = check_precision(base_precision, parse_gpu_ids(gpu_ids))
-        model = load_model_file(unet_name, dtype)
+        model = load_diffusion_file(unet_name, dtype)
         return (apply_multi_gpu(model, resolve(model, request)),)
 
 

@@ -6,11 +6,11 @@ while the blocks before them compute; see offload/swap.py and models/offload_pat
 import torch
 
 from ..models.offload_patcher import OffloadSettings, apply_offload, block_sizes  # first: sets up comfy
+from ..models.diffusion_file import load_diffusion_file
 from ..offload.ledger import choose_blocks_to_swap, planned_peak
 from ..utils.errors import InputError
 
 import comfy.model_management  # noqa: E402  (isort: after the pack's comfy setup)
-import comfy.sd  # noqa: E402
 import folder_paths  # noqa: E402
 
 PRECISIONS = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
@@ -87,9 +87,7 @@ class OffloadLoader:
     def load(self, unet_name, base_precision, **options):
         if base_precision not in PRECISIONS:
             raise InputError("base_precision", f"{base_precision!r} is unknown", ", ".join(PRECISIONS))
-        path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
-        model_options = {"dtype": PRECISIONS[base_precision]} if PRECISIONS[base_precision] else {}
-        model = comfy.sd.load_diffusion_model(path, model_options=model_options)
+        model = load_diffusion_file(unet_name, PRECISIONS[base_precision])
         return (apply_offload(model, resolve_settings(model, **options)),)
 
 
