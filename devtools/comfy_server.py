@@ -76,7 +76,6 @@ class ComfyServer:
         self.process: subprocess.Popen | None = None
         self.log_path = self.base_dir / "server.log"
         self.client_id = uuid.uuid4().hex
-        self.seen_pids: set[int] = set()
         self._ws = None
 
     @property
@@ -141,7 +140,6 @@ class ComfyServer:
             self._ws = None
         tracked = [psutil.Process(self.process.pid)] if self.process.poll() is None else []
         tracked += self.descendants()
-        self.seen_pids.update(p.pid for p in tracked)
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
         except ProcessLookupError:
