@@ -34,7 +34,7 @@ def meta_wan(dim, ffn_dim, num_layers, in_dim):
 
 def resident_table() -> dict:
     """Planned resident GiB per blocks_to_swap for the real Wan sizes; prints the table."""
-    from comfyui_parallel.models.offload_patcher import block_sizes
+    from comfyui_parallel.models.offload.patcher import block_sizes
     from comfyui_parallel.offload.ledger import planned_peak
 
     models = {"wan22_5b": meta_wan(3072, 14336, 30, 48), "wan21_14b": meta_wan(5120, 13824, 40, 16)}
@@ -62,7 +62,7 @@ def variants():
     """name -> forward callable; the plain one first. Each runs the diffusion model once."""
     from diffusers.hooks import apply_group_offloading
 
-    from comfyui_parallel.models.offload_patcher import OffloadSettings, apply_offload
+    from comfyui_parallel.models.offload.patcher import OffloadSettings, apply_offload
 
     plain, for_diffusers, for_lowvram = tiny_models()
     cpu = torch.device("cpu")

@@ -22,9 +22,9 @@ ROUNDS = 2
 def _job(devices: list[str]):
     import torch
 
-    from comfyui_parallel.models.comfy_runtime import find_comfyui_dir
-    from comfyui_parallel.models.sdxl_batch_job import BatchJob
-    from comfyui_parallel.models.sdxl_generate import GenerateSettings
+    from comfyui_parallel.models.comfy.runtime import find_comfyui_dir
+    from comfyui_parallel.models.image_batch.server import BatchJob
+    from comfyui_parallel.models.image_batch.generate import GenerateSettings
 
     models = REPO / "out" / "models-cache"
     settings = GenerateSettings(ckpt_name="tiny_sd15.safetensors", width=64, height=64, steps=3,
@@ -36,7 +36,7 @@ def _job(devices: list[str]):
 
 def _timed_run(job, group, tasks) -> tuple[float, float]:
     """(wall seconds, summed worker generation seconds) for every task with a warm group."""
-    from comfyui_parallel.models.sdxl_batch_job import Reporter, make_batches, run_workers
+    from comfyui_parallel.models.image_batch.server import Reporter, make_batches, run_workers
     from comfyui_parallel.utils.dataset import Dataset, read_lines
 
     with tempfile.TemporaryDirectory() as folder:
@@ -50,7 +50,7 @@ def _timed_run(job, group, tasks) -> tuple[float, float]:
 
 
 def run() -> dict:
-    from comfyui_parallel.models.sdxl_batch_job import WORKER_FN
+    from comfyui_parallel.models.image_batch.server import WORKER_FN
     from comfyui_parallel.parallel.launch import WorkerGroup, WorkerGroupConfig
     from comfyui_parallel.utils.prompts import expand_tasks, parse_text
 

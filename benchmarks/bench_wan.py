@@ -42,8 +42,8 @@ def inputs():
 def step_function(patcher, mode: str):
     """One diffusion-model call through the patcher's wrappers, as ComfyUI's sampler makes it."""
     import comfy.patcher_extension
-    from comfyui_parallel.models.multi_gpu_runners import runner_of
-    from comfyui_parallel.models.multi_gpu_settings import MultiGPURequest, apply_multi_gpu, resolve
+    from comfyui_parallel.models.multi_gpu.wrappers import runner_of
+    from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve
 
     model = patcher
     if mode != "none":
@@ -82,7 +82,7 @@ def run() -> dict:
         times["dp"].append(timed(data_parallel, 1))
         times["plain_2t"].append(timed(plain, 2))
     median = {k: statistics.median(v) for k, v in times.items()}
-    from comfyui_parallel.models.multi_gpu_runners import runner_of
+    from comfyui_parallel.models.multi_gpu.wrappers import runner_of
 
     runner_of(keep_distributed).close()
     runner_of(keep_dp).close()

@@ -69,7 +69,7 @@ class ComfyServer:
     def __init__(self, base_dir: Path, comfyui_dir: Path | None = None, port: int | None = None,
                  extra_args: list[str] | None = None, env: dict | None = None):
         self.base_dir = Path(base_dir).resolve()
-        self.comfyui_dir = comfyui_dir or default_comfyui_dir()
+        self.comfyui_dir = Path(comfyui_dir or default_comfyui_dir()).resolve()
         self.port = port or free_port()
         self.extra_args = extra_args or []
         self.env = env or {}
@@ -98,7 +98,11 @@ class ComfyServer:
                "--disable-auto-launch"]
         if not torch.cuda.is_available():
             cmd.append("--cpu")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # Absolute, as the server runs in the ComfyUI folder: its workers inherit both (PYTHONPATH: a
+        # host's frontend overlay, see devtools/host.py).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COMFYUI_DIR": str(self.comfyui_dir), **self.env}
+        if env.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep))
         self.log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(cmd + self.extra_args, cwd=self.comfyui_dir, env=env,
                                         stdout=self.log_file, stderr=subprocess.STDOUT,

@@ -20,6 +20,6 @@ def register_pack():
 def comfy_on_path(comfyui_dir=None) -> None:
     """Make `comfy` importable in this process (cpu mode when there is no GPU)."""
     register_pack()
-    from comfyui_parallel.models.comfy_runtime import ensure_comfy
+    from comfyui_parallel.models.comfy.runtime import ensure_comfy
 
     ensure_comfy(comfyui_dir)

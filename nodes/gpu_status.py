@@ -3,10 +3,9 @@
 The same data is served as JSON at `GET /parallel/gpus?gpu_ids=...&model=...` on ComfyUI's
 server (registered at import when the server is running), for scripts and dashboards.
 """
-import sys
-
 import folder_paths
 
+from ..models.comfy.server import add_get_route
 from ..parallel.devices import parse_gpu_ids
 from ..parallel.status import format_report, gpu_status
 from ..utils.errors import InputError
@@ -66,28 +65,20 @@ class GPUStatus:
         return {"ui": {"text": [text]}, "result": (text,)}
 
 
-def register_route() -> bool:
-    """Serve the status as JSON at GET /parallel/gpus when ComfyUI's server is running."""
-    prompt_server = getattr(sys.modules.get("server"), "PromptServer", None)
-    instance = getattr(prompt_server, "instance", None)
-    if instance is None:
-        return False
+async def parallel_gpus(request):
+    """GET /parallel/gpus?gpu_ids=...&model=...: the status as JSON (a bad gpu_ids is a 400 naming it)."""
     from aiohttp import web
 
-    @instance.routes.get("/parallel/gpus")
-    async def parallel_gpus(request):
-        gpu_ids = request.query.get("gpu_ids", "all")
-        try:
-            status = gpu_status(gpu_ids, model_path(request.query.get("model")))
-        except InputError as err:
-            return web.json_response({"error": str(err)}, status=400)
-        status["report"] = format_report(status)
-        return web.json_response(status)
-
-    return True
+    gpu_ids = request.query.get("gpu_ids", "all")
+    try:
+        status = gpu_status(gpu_ids, model_path(request.query.get("model")))
+    except InputError as err:
+        return web.json_response({"error": str(err)}, status=400)
+    status["report"] = format_report(status)
+    return web.json_response(status)
 
 
-register_route()
+add_get_route("/parallel/gpus", parallel_gpus)
 
 NODE_CLASS_MAPPINGS = {"GPUStatus": GPUStatus}
 NODE_DISPLAY_NAME_MAPPINGS = {"GPUStatus": "GPU Status"}

@@ -2,12 +2,12 @@
 
 Both return a ModelPatcher clone, so ComfyUI's KSampler / KSamplerAdvanced / SamplerCustom
 use it unchanged and LoRAs applied before or after still apply. The modes themselves live
-in models/multi_gpu_* (ComfyUI integration) and parallel/ (the engine).
+in models/multi_gpu/ (ComfyUI integration) and parallel/ (the engine).
 """
 import folder_paths
 
-from ..models.diffusion_file import load_diffusion_file
-from ..models.multi_gpu_settings import (LOAD_DEVICES, MODES, PRECISIONS, MultiGPURequest, apply_multi_gpu,
+from ..models.comfy.loaders import load_diffusion_file
+from ..models.multi_gpu.settings import (LOAD_DEVICES, MODES, PRECISIONS, MultiGPURequest, apply_multi_gpu,
                                          check_precision, requested_mode, resolve)
 from ..parallel.devices import parse_gpu_ids
 
@@ -57,9 +57,9 @@ class MultiGPULoader:
              enable_block_distribution, memory_reserve_gb):
         request = MultiGPURequest(parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
                                   load_device)
-        requested_mode(request)
+        mode = requested_mode(request)
         dtype = check_precision(base_precision, parse_gpu_ids(gpu_ids))
-        model = load_diffusion_file(unet_name, dtype)
+        model = load_diffusion_file(unet_name, dtype, non_dynamic_for=None if mode == "none" else mode)
         return (apply_multi_gpu(model, resolve(model, request)),)
 
 

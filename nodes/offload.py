@@ -1,17 +1,17 @@
 """Offload Loader / Offload Apply: run a model whose blocks do not all fit on the GPU.
 
 The swapped blocks live in host memory and are copied to the GPU just ahead of use (prefetch)
-while the blocks before them compute; see offload/swap.py and models/offload_patcher.py.
+while the blocks before them compute; see offload/swap.py and models/offload/patcher.py.
 """
 import torch
 
-from ..models.offload_patcher import OffloadSettings, apply_offload, block_sizes  # first: sets up comfy
-from ..models.diffusion_file import load_diffusion_file
+import folder_paths
+
+from ..models.comfy.loaders import load_diffusion_file
+from ..models.comfy.management import free_memory, inference_reserve
+from ..models.offload.patcher import OffloadSettings, apply_offload, block_sizes
 from ..offload.ledger import choose_blocks_to_swap, planned_peak
 from ..utils.errors import InputError
-
-import comfy.model_management  # noqa: E402  (isort: after the pack's comfy setup)
-import folder_paths  # noqa: E402
 
 PRECISIONS = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
               "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -55,8 +55,7 @@ def _from_budget(model, sizes, other, vram_budget_gb, prefetch_blocks) -> int:
     if vram_budget_gb > 0:
         budget = int(vram_budget_gb * GIB)
     else:
-        device = model.load_device
-        budget = comfy.model_management.get_free_memory(device) - comfy.model_management.minimum_inference_memory()
+        budget = free_memory(model.load_device, model) - inference_reserve()
     count = choose_blocks_to_swap(sizes, prefetch_blocks, budget, other)
     if count is None:
         need = planned_peak(sizes, len(sizes), prefetch_blocks, other) / GIB
@@ -87,7 +86,7 @@ class OffloadLoader:
     def load(self, unet_name, base_precision, **options):
         if base_precision not in PRECISIONS:
             raise InputError("base_precision", f"{base_precision!r} is unknown", ", ".join(PRECISIONS))
-        model = load_diffusion_file(unet_name, PRECISIONS[base_precision])
+        model = load_diffusion_file(unet_name, PRECISIONS[base_precision], non_dynamic_for="offload")
         return (apply_offload(model, resolve_settings(model, **options)),)
 
 

@@ -1,7 +1,7 @@
 """SDXL Batch Generator: a prompt list into an image dataset over every GPU, resumable.
 
 Declares the inputs, checks all of them before any model work (prompt list, paths, LoRA,
-devices, worker count), then runs models/sdxl_batch_job.py and returns a preview of the
+devices, worker count), then runs models/image_batch/server.py and returns a preview of the
 first images and the manifest's path.
 """
 import os
@@ -12,13 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-import comfy.model_management
-import comfy.samplers
-import comfy.utils
 import folder_paths
 
-from ..models.sdxl_batch_job import MODES, BatchJob, Reporter, run_job, worker_pool
-from ..models.sdxl_generate import GenerateSettings
+from ..models.comfy import management as host
+from ..models.comfy.sampling import SAMPLERS, SCHEDULERS
+from ..models.image_batch.generate import GenerateSettings
+from ..models.image_batch.server import MODES, BatchJob, Reporter, run_job, worker_pool
 from ..parallel.devices import parse_gpu_ids
 from ..utils.dataset import Dataset
 from ..utils.errors import Cancelled, InputError
@@ -62,8 +61,8 @@ class SDXLBatchGenerator:
             "height": _int(1024, 64, 8192, "Image height in pixels (multiple of 8).", 8),
             "steps": _int(25, 1, 10000, "Sampling steps per image."),
             "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Classifier-free guidance scale."}),
-            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "ComfyUI sampler."}),
-            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "ComfyUI noise schedule."}),
+            "sampler_name": (SAMPLERS, {"tooltip": "ComfyUI sampler."}),
+            "scheduler": (SCHEDULERS, {"tooltip": "ComfyUI noise schedule."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip":
                      "Base seed: a row without its own seed gets seed + its image number; same seed, same image in every mode."}),
             "images_per_prompt": _int(1, 1, 10000, "Images per prompt (consecutive seeds)."),
@@ -101,17 +100,16 @@ class SDXLBatchGenerator:
     def generate(self, remote_workers=0, master_addr="127.0.0.1", master_port=29500, **inputs):
         checked = check_inputs(inputs, remote_workers, master_addr, master_port)
         dataset = Dataset.open(checked.folder, inputs["resume"])
-        bar = comfy.utils.ProgressBar(len(checked.tasks))
+        bar = host.progress_bar(len(checked.tasks))
         reporter = Reporter(len(checked.tasks), on_progress=lambda done, total: bar.update_absolute(done, total),
-                            should_cancel=comfy.model_management.processing_interrupted)
+                            should_cancel=host.interrupted)
         try:
-            group = worker_pool(checked.job, checked.remote).group if checked.job.mode == "multi_process" else None
-            if group is not None and checked.remote:
-                print_join_commands(group, checked.job.comfyui_dir)
-            run_job(checked.job, dataset, checked.tasks, reporter, group)
+            if checked.job.mode == "multi_process" and checked.remote:
+                print_join_commands(worker_pool(checked.job, checked.remote), checked.job.comfyui_dir)
+            run_job(checked.job, dataset, checked.tasks, reporter, remote=checked.remote)
         except Cancelled:
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            raise comfy.model_management.InterruptProcessingException()
+            host.raise_if_interrupted()
+            raise host.INTERRUPT()
         return (preview(dataset, checked.tasks), str(dataset.manifest_path))
 
 
@@ -134,7 +132,7 @@ def check_inputs(inputs: dict, remote_workers: int, master_addr: str, master_por
     job = BatchJob(ckpt_path=model_path("checkpoints", inputs["ckpt_name"], "ckpt_name"), settings=settings, mode=mode,
                    devices=devices, lora_path=None if lora_name == "None" else model_path("loras", lora_name, "lora_name"),
                    batch_size=inputs["batch_size"], cpu_offload=inputs["cpu_offload"],
-                   comfyui_dir=str(Path(comfy.model_management.__file__).resolve().parents[1]))
+                   comfyui_dir=str(host.comfyui_dir()))
     remote = {"remote_ranks": remote_workers, "master_addr": master_addr, "master_port": master_port} if remote_workers else {}
     if remote and os.environ.get("COMFYUI_PARALLEL_AUTHKEY"):
         remote["authkey"] = os.environ["COMFYUI_PARALLEL_AUTHKEY"]  # fixed key: remote workers may start first

@@ -2,11 +2,10 @@
 import os
 from pathlib import Path
 
-import comfy.model_management as mm
-import comfy.utils
 import folder_paths
 import torch
 
+from ..models.comfy import management as host
 from ..models.seedvr.color_fix import METHODS
 from ..models.seedvr.config import VARIANTS
 from ..models.seedvr.loading import load_dit, load_vae
@@ -81,7 +80,7 @@ class SeedVRLoader:
     DESCRIPTION = "Load a SeedVR / SeedVR2 (3B or 7B) DiT and the video VAE with strict key matching."
 
     def load(self, dit_name, vae_name, variant, precision, blocks_to_swap, vae_tile_size, vae_tile_overlap):
-        device = mm.get_torch_device()
+        device = host.torch_device()
         dtype = _dtype(precision, device)
         if vae_tile_size and vae_tile_overlap >= vae_tile_size:
             raise InputError("vae_tile_overlap", f"{vae_tile_overlap} for tiles of {vae_tile_size}",
@@ -150,13 +149,13 @@ class SeedVRUpscaler:
             print(f"[SeedVR] note: {seedvr_model.variant} is a one-step model (reference: sample_steps 1, "
                   f"cfg_scale 1.0); running {sample_steps} steps at cfg {cfg_scale} as asked")
         if seedvr_model.device.type != "cpu":
-            mm.unload_all_models()
-        bar = comfy.utils.ProgressBar(100)
+            host.unload_all_models()
+        bar = host.progress_bar(100)
         hooks = Hooks(progress=lambda done, total: bar.update_absolute(int(100 * done / total), 100),
-                      check_cancel=mm.throw_exception_if_processing_interrupted)
+                      check_cancel=host.raise_if_interrupted)
         out = upscale(seedvr_model, images, _embedding(positive, "positive"), _embedding(negative, "negative"),
                       settings, hooks)
-        mm.soft_empty_cache()
+        host.empty_cache()
         return (out,)
 
 

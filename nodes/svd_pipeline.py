@@ -1,7 +1,7 @@
 """SVD Step-Pipeline Sampler: many SVD videos, the diffusion steps split into one stage per GPU."""
-from pathlib import Path
-
-from ..models.svd_stage import SPLITTABLE_SAMPLERS
+from ..models.comfy import management as host
+from ..models.comfy.sampling import SAMPLERS, SCHEDULERS
+from ..models.svd_pipeline.stage import SPLITTABLE_SAMPLERS
 from ..parallel.devices import parse_gpu_ids
 from ..utils.errors import Cancelled, InputError
 
@@ -9,16 +9,9 @@ STAGE_SPLITS = ["even", "balanced"]
 _MEASURED: dict[tuple, list[float]] = {}  # per-step seconds measured by earlier runs, for "balanced"
 
 
-def sampler_lists():
-    import comfy.samplers  # here, not at import: tests import the pack before ComfyUI is configured
-
-    return comfy.samplers.KSampler.SAMPLERS, comfy.samplers.KSampler.SCHEDULERS
-
-
 class SVDStepPipelineSampler:
     @classmethod
     def INPUT_TYPES(cls):
-        samplers, schedulers = sampler_lists()
         return {"required": {
             "model": ("MODEL", {"tooltip": "An SVD / SVD-XT model, e.g. from ImageOnlyCheckpointLoader, optionally "
                                 "through VideoLinearCFGGuidance or VideoTriangleCFGGuidance and LoRA loaders. Every "
@@ -33,9 +26,9 @@ class SVDStepPipelineSampler:
                               "Diffusion steps; they are split into one contiguous range per stage (device)."}),
             "cfg": ("FLOAT", {"default": 2.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance scale, as in KSampler."}),
-            "sampler_name": (samplers, {"tooltip": "ComfyUI's sampler. Only samplers whose state can be carried "
+            "sampler_name": (SAMPLERS, {"tooltip": "ComfyUI's sampler. Only samplers whose state can be carried "
                                         "between stages run: " + ", ".join(SPLITTABLE_SAMPLERS) + "."}),
-            "scheduler": (schedulers, {"tooltip": "ComfyUI's scheduler; the one sigma schedule all stages share."}),
+            "scheduler": (SCHEDULERS, {"tooltip": "ComfyUI's scheduler; the one sigma schedule all stages share."}),
             "num_videos": ("INT", {"default": 4, "min": 1, "max": 4096, "tooltip":
                                    "How many videos to make (seeds seed … seed+n−1); more videos keep the stages busier."}),
             "gpu_ids": ("STRING", {"default": "0,1", "tooltip": "One pipeline stage per device: '0,1', 'cuda:0,cuda:1', "
@@ -54,11 +47,8 @@ class SVDStepPipelineSampler:
 
     def sample(self, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, num_videos,
                gpu_ids, stage_split):
-        import comfy.model_management
-        import comfy.utils
-
-        from ..models.svd_pipeline_run import PipelineSettings, run_pipeline
-        from ..models.svd_stage import check_splittable
+        from ..models.svd_pipeline.server import PipelineSettings, run_pipeline
+        from ..models.svd_pipeline.stage import check_splittable
 
         check_splittable(sampler_name)
         devices = parse_gpu_ids(gpu_ids)
@@ -69,14 +59,13 @@ class SVDStepPipelineSampler:
             raise InputError("latent_image", f"has shape {tuple(samples.shape)}", "an SVD latent: frames × 4 × h × w")
         settings = PipelineSettings(seed, steps, cfg, sampler_name, scheduler, num_videos, stage_split)
         key = (id(model.model), steps, sampler_name, scheduler, tuple(samples.shape), len(devices))
-        bar = comfy.utils.ProgressBar(num_videos * steps)
-        comfy_dir = Path(comfy.model_management.__file__).resolve().parents[1]
+        bar = host.progress_bar(num_videos * steps)
         try:
-            result = run_pipeline(model, positive, negative, samples, settings, devices, comfy_dir,
-                                  measured=_MEASURED.get(key), should_cancel=comfy.model_management.processing_interrupted,
+            result = run_pipeline(model, positive, negative, samples, settings, devices, host.comfyui_dir(),
+                                  measured=_MEASURED.get(key), should_cancel=host.interrupted,
                                   on_progress=lambda done, total: bar.update_absolute(done, total))
         except Cancelled:
-            comfy.model_management.throw_exception_if_processing_interrupted()  # ComfyUI's own "interrupted"
+            host.raise_if_interrupted()  # ComfyUI's own "interrupted"
             raise
         _MEASURED[key] = result.step_seconds
         out = {k: v for k, v in latent_image.items() if k not in ("samples", "batch_index", "noise_mask")}

@@ -130,6 +130,10 @@ class WorkerGroup:
     def alive(self) -> bool:
         return self._session is not None and self._session.alive()
 
+    def busy(self) -> bool:
+        """Whether a call is running in the group now."""
+        return self._call_lock.locked()
+
     def __enter__(self) -> "WorkerGroup":
         self.start()
         return self

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from comfyui_parallel.models.comfy_runtime import ensure_comfy
+from comfyui_parallel.models.comfy.runtime import ensure_comfy
 
 ensure_comfy()
 

@@ -13,9 +13,9 @@ from multi_gpu_helpers import MoveSpy, load_wan_layers, sample  # configures Com
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.sd  # noqa: E402
-from comfyui_parallel.models.multi_gpu_distributed import REGISTRY  # noqa: E402
-from comfyui_parallel.models.multi_gpu_runners import runner_of  # noqa: E402
-from comfyui_parallel.models.multi_gpu_settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
+from comfyui_parallel.parallel.pool import POOL  # noqa: E402
+from comfyui_parallel.models.multi_gpu.wrappers import runner_of  # noqa: E402
+from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # attention on shards rounds differently in the last bits
 
@@ -45,7 +45,7 @@ def keep_groups():
     for model in keepers.values():
         runner_of(model).close()
     gc.collect()
-    assert REGISTRY.pids() == [], "workers outlived every MODEL using them"
+    assert POOL.pids("wan_distributed") == [], "workers outlived every MODEL using them"
 
 
 @pytest.mark.parametrize("gpu_ids", ["cpu,cpu", "cpu,cpu,cpu"])
@@ -132,7 +132,7 @@ def test_four_workers_split_cfg_and_sequence(reference):
     assert len(pids) == 4
     del model, runner
     gc.collect()
-    assert not set(pids) & set(REGISTRY.pids()), "workers outlived the last MODEL using them"
+    assert not set(pids) & set(POOL.pids("wan_distributed")), "workers outlived the last MODEL using them"
 
 
 def test_unloading_the_model_closes_its_workers(keep_groups):
@@ -140,8 +140,8 @@ def test_unloading_the_model_closes_its_workers(keep_groups):
     model = distributed(load_wan_layers(2), "cpu,cpu")
     sample(model)
     pids = runner_of(model).pids
-    assert pids and set(pids) <= set(REGISTRY.pids())
+    assert pids and set(pids) <= set(POOL.pids("wan_distributed"))
     comfy.model_management.unload_all_models()
-    assert not set(pids) & set(REGISTRY.pids())
+    assert not set(pids) & set(POOL.pids("wan_distributed"))
     torch.testing.assert_close(sample(model), sample(load_wan_layers(2)), **TOLERANCE)
     runner_of(model).close()

@@ -7,9 +7,9 @@ Module.to call during the real run, and by the engines' own ran_on records.
 import pytest
 import torch
 
-from comfyui_parallel.models.multi_gpu_patcher import placement_of
-from comfyui_parallel.models.multi_gpu_runners import runner_of
-from comfyui_parallel.models.multi_gpu_settings import MultiGPURequest, apply_multi_gpu, resolve
+from comfyui_parallel.models.multi_gpu.patcher import placement_of
+from comfyui_parallel.models.multi_gpu.wrappers import runner_of
+from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve
 from comfyui_parallel.utils.errors import InputError
 from multi_gpu_helpers import MoveSpy, load_tiny_wan, load_wan_layers, sample
 

@@ -18,8 +18,8 @@ from multi_gpu_helpers import conditioning, sample  # configures ComfyUI for the
 
 import comfy.clip_vision  # noqa: E402
 import comfy.sd  # noqa: E402
-from comfyui_parallel.models.multi_gpu_runners import runner_of  # noqa: E402
-from comfyui_parallel.models.multi_gpu_settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
+from comfyui_parallel.models.multi_gpu.wrappers import runner_of  # noqa: E402
+from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
 from devtools.demo_models import TINY_WAN22_TI2V, TINY_WAN_I2V  # noqa: E402
 
 # mode -> tolerance: exact where the math is the same; data_parallel runs cond and uncond as batch-1

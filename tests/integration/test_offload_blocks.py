@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from comfyui_parallel.models.comfy_runtime import ensure_comfy
+from comfyui_parallel.models.comfy.runtime import ensure_comfy
 from comfyui_parallel.utils.errors import InputError
 
 ensure_comfy()
 
-from comfyui_parallel.models.blocks import transformer_blocks  # noqa: E402
+from comfyui_parallel.models.wan.blocks import transformer_blocks  # noqa: E402
 
 
 def test_wan_blocks_found_directly_and_through_base_model():

@@ -7,14 +7,14 @@ block is compared in benchmarks/bench_offload.py.
 import torch
 from diffusers.hooks import apply_group_offloading
 
-from comfyui_parallel.models.comfy_runtime import ensure_comfy
+from comfyui_parallel.models.comfy.runtime import ensure_comfy
 
 ensure_comfy()
 
 import comfy.sd  # noqa: E402
 from devtools.demo_models import tiny_wan_state_dict  # noqa: E402
 
-from comfyui_parallel.models.offload_patcher import KEY, OffloadSettings, apply_offload  # noqa: E402
+from comfyui_parallel.models.offload.patcher import KEY, OffloadSettings, apply_offload  # noqa: E402
 
 
 def test_pack_diffusers_and_comfy_lowvram_match_plain_forward():

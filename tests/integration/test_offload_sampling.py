@@ -7,7 +7,7 @@ pre-hooks on the blocks, and the ledger's events.
 import pytest
 import torch
 
-from comfyui_parallel.models.comfy_runtime import ensure_comfy
+from comfyui_parallel.models.comfy.runtime import ensure_comfy
 
 ensure_comfy()
 
@@ -16,7 +16,7 @@ import comfy.sample  # noqa: E402
 import comfy.sd  # noqa: E402
 from devtools.demo_models import tiny_wan_state_dict  # noqa: E402
 
-from comfyui_parallel.models.offload_patcher import KEY, OffloadSettings, apply_offload, block_sizes  # noqa: E402
+from comfyui_parallel.models.offload.patcher import KEY, OffloadSettings, apply_offload, block_sizes  # noqa: E402
 from comfyui_parallel.offload import swap  # noqa: E402
 from comfyui_parallel.offload.ledger import planned_peak  # noqa: E402
 from comfyui_parallel.parallel.monitor import MemoryMonitor  # noqa: E402

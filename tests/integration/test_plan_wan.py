@@ -4,7 +4,7 @@ The figures are printed in the test log (pytest -s, or the captured output on fa
 import pytest
 import torch
 
-from comfyui_parallel.models.comfy_runtime import ensure_comfy
+from comfyui_parallel.models.comfy.runtime import ensure_comfy
 from comfyui_parallel.parallel.plan import GIB, PlanError, block_bytes, gib, module_bytes, plan_blocks, recommend
 
 ensure_comfy()

@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_parallel.models.comfy_runtime import ensure_comfy, find_comfyui_dir
+from comfyui_parallel.models.comfy.runtime import ensure_comfy, find_comfyui_dir
 
 ensure_comfy()
 torch.set_num_threads(1)
 
-from comfyui_parallel.models.sdxl_batch_job import (BatchJob, Reporter, close_pool, make_batches,  # noqa: E402
-                                                    run_job, worker_pool)
-from comfyui_parallel.models.sdxl_generate import GenerateSettings  # noqa: E402
+from comfyui_parallel.models.image_batch.server import (BatchJob, Reporter, close_pool, make_batches,  # noqa: E402
+                                                    run_job)
+from comfyui_parallel.models.image_batch.generate import GenerateSettings  # noqa: E402
 from comfyui_parallel.parallel.launch import WorkerGroup, WorkerGroupConfig  # noqa: E402
 from comfyui_parallel.utils.dataset import Dataset, read_lines, read_png_record  # noqa: E402
 from comfyui_parallel.utils.errors import WorkerError  # noqa: E402
@@ -93,9 +93,7 @@ def test_multi_process_matches_single_with_shared_weights(reference, models_cach
     job = make_job(models_cache, "multi_process", ["cpu:0", "cpu:1"])
     progress = []
     try:
-        pool = worker_pool(job)
-        run_job(job, Dataset.open(tmp_path, False), TASKS, Reporter(len(TASKS), on_progress=lambda d, t: progress.append(d)),
-                pool.group)
+        run_job(job, Dataset.open(tmp_path, False), TASKS, Reporter(len(TASKS), on_progress=lambda d, t: progress.append(d)))
     finally:
         close_pool()
     assert progress[0] == 0 and progress[-1] == len(TASKS) and progress == sorted(progress)

@@ -17,8 +17,10 @@ comfy_on_path()
 
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
-from comfyui_parallel.models import svd_pipeline_run, svd_stage  # noqa: E402
-from comfyui_parallel.models.comfy_runtime import find_comfyui_dir  # noqa: E402
+from comfyui_parallel.models.comfy import sampling  # noqa: E402
+from comfyui_parallel.models.svd_pipeline import server as svd_pipeline_run, stage as svd_stage  # noqa: E402
+from comfyui_parallel.parallel.pool import POOL  # noqa: E402
+from comfyui_parallel.models.comfy.runtime import find_comfyui_dir  # noqa: E402
 from comfyui_parallel.nodes.svd_pipeline import SVDStepPipelineSampler  # noqa: E402
 from comfyui_parallel.utils.errors import Cancelled, InputError, WorkerError  # noqa: E402
 
@@ -31,7 +33,7 @@ def svd():
     model = tiny_svd_model(seed=0)
     positive, negative, latent = tiny_svd_conditioning(frames=2, height=64, width=64)
     yield model, positive, negative, latent
-    svd_pipeline_run.GROUPS.close_all()
+    POOL.close_feature(svd_pipeline_run.FEATURE)
 
 
 def ksampler(svd, seed, sampler_name="euler_ancestral", scheduler="karras", steps=STEPS):
@@ -45,10 +47,10 @@ def ksampler(svd, seed, sampler_name="euler_ancestral", scheduler="karras", step
 def chained(svd, seed, sampler_name, cuts, scheduler="karras"):
     """The stage runner over consecutive step ranges, state carried from one to the next."""
     model, positive, negative, latent = svd
-    sigmas = svd_stage.schedule_sigmas(model, cuts[-1], sampler_name, scheduler)
+    sigmas = sampling.schedule_sigmas(model, cuts[-1], sampler_name, scheduler)
     carry = None
     for start, end in zip(cuts, cuts[1:]):
-        carry = svd_stage.run_stage(model, positive, negative, latent,
+        carry = sampling.run_stage(model, positive, negative, latent,
                                     svd_stage.StageJob(sigmas, start, end, seed, sampler_name, CFG), carry)
     return carry["samples"]
 
@@ -122,7 +124,8 @@ def test_progress_counts_videos_times_steps_and_cancel_stops_all_stages(svd):
 
 def test_crashed_stage_is_a_clear_error_and_the_next_run_restarts(svd):
     run(svd, 2, 1)  # workers started
-    group = svd_pipeline_run.GROUPS.get(("cpu", "cpu"), str(find_comfyui_dir()))
+    key = svd_pipeline_run.pool_key([torch.device("cpu"), torch.device("cpu")], find_comfyui_dir())
+    group = POOL.group(key, None)
     victim = group.pids[1]
 
     def kill_once(done, total):

@@ -16,8 +16,10 @@ comfy_on_path()
 import comfy.model_management  # noqa: E402
 import comfy.sample  # noqa: E402
 import folder_paths  # noqa: E402
-from comfyui_parallel.models import svd_model_patches, svd_pipeline_run  # noqa: E402
-from comfyui_parallel.models.comfy_runtime import find_comfyui_dir  # noqa: E402
+from comfyui_parallel.models.comfy import guidance, weights  # noqa: E402
+from comfyui_parallel.models.svd_pipeline import patches as svd_model_patches, server as svd_pipeline_run  # noqa: E402
+from comfyui_parallel.parallel.pool import POOL  # noqa: E402
+from comfyui_parallel.models.comfy.runtime import find_comfyui_dir  # noqa: E402
 from comfyui_parallel.nodes.svd_pipeline import SVDStepPipelineSampler  # noqa: E402
 from comfyui_parallel.utils.errors import InputError  # noqa: E402
 
@@ -35,11 +37,11 @@ def svd(tmp_path_factory):
     folder_paths.add_model_folder_path("loras", str(loras))
     positive, negative, latent = tiny_svd_conditioning(frames=3, height=64, width=64)
     yield model, positive, negative, latent
-    svd_pipeline_run.GROUPS.close_all()
+    POOL.close_feature(svd_pipeline_run.FEATURE)
 
 
 def comfy_node(module: str, name: str):
-    return getattr(svd_model_patches.comfy_node_module(module), name)()
+    return getattr(guidance.comfy_node_module(module), name)()
 
 
 def with_lora(model, strength=1.0):
@@ -72,12 +74,12 @@ def assert_videos_equal_ksampler(svd, model, videos):
 
 def test_patched_weights_are_the_ones_comfyui_loads(svd):
     lora = with_lora(svd[0], 0.8)
-    ours = svd_model_patches.patched_state_dict(lora)
+    ours = weights.patched_state_dict(lora)
     comfy.model_management.load_models_gpu([lora])  # ComfyUI patches the shared model in place
     loaded = lora.model.state_dict()
     assert ours.keys() == loaded.keys() and all(torch.equal(ours[k], loaded[k]) for k in ours)
     assert not torch.equal(ours["diffusion_model.out.2.weight"], lora.get_key_patches()["diffusion_model.out.2.weight"][0][0])
-    assert svd_model_patches.patched_state_dict(svd[0]).keys() == ours.keys()
+    assert weights.patched_state_dict(svd[0]).keys() == ours.keys()
 
 
 def test_lora_videos_equal_ksampler_on_the_lora_model(svd):

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from multi_gpu_helpers import load_wan_layers  # configures ComfyUI for the CPU first
 
 from comfy.ldm.wan.model import repeat_e  # noqa: E402
-from comfyui_parallel.models.wan_sequence import expand_tokens, install_sequence_parallel  # noqa: E402
+from comfyui_parallel.models.wan.sequence import expand_tokens, install_sequence_parallel  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ Each image gets the noise of its own seed (`prepare_noise` on a one-image latent
 image does not depend on which batch or worker produced it: every mode gives the same
 image for the same seed. (Ancestral / SDE samplers also draw noise during sampling from the
 batch's first seed; the batches are formed before dispatch, identically in every mode.)
-Needs ComfyUI importable: the server, or `ensure_comfy()` first.
 """
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,12 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import comfy.model_management
-import comfy.sample
-import comfy.sd
-import comfy.utils
-
-from ..parallel.replicate import DataParallel
+from ...parallel.replicate import DataParallel
+from ..comfy import loaders, sampling
+from ..comfy.management import intermediate_device
 
 
 @dataclass(frozen=True)
@@ -62,24 +58,17 @@ class Pipeline:
 def load_pipeline(ckpt_path: str, lora_path: str | None = None, lora_strength: float = 1.0,
                   state_dict: dict | None = None) -> Pipeline:
     """Build the checkpoint with ComfyUI's loader (from the file, or from given weights), then the LoRA."""
-    if state_dict is None:
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(ckpt_path, output_vae=True, output_clip=True)
-    else:
-        loaded = comfy.sd.load_state_dict_guess_config(dict(state_dict), output_vae=True, output_clip=True)
-        if loaded is None:
-            raise RuntimeError(f"ComfyUI could not detect the model type of {ckpt_path}")
-        model, clip, vae, _ = loaded
+    model, clip, vae = loaders.load_checkpoint(ckpt_path, state_dict)
     if clip is None or vae is None:
         raise RuntimeError(f"{ckpt_path} has no text encoder or no VAE; the batch generator needs a full checkpoint")
     if lora_path is not None:
-        lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
-        model, clip = comfy.sd.load_lora_for_models(model, clip, lora, lora_strength, lora_strength)
+        model, clip = loaders.apply_lora(model, clip, lora_path, lora_strength)
     return Pipeline(model, clip, vae)
 
 
 def image_noise(latent: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """Noise for a batch: image i gets exactly the noise of a one-image latent and seed i."""
-    return torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds], dim=0)
+    return torch.cat([sampling.prepare_noise(latent[:1], seed) for seed in seeds], dim=0)
 
 
 def generate(pipeline: Pipeline, prompt: str, negative: str, seeds: list[int], settings: GenerateSettings,
@@ -87,9 +76,9 @@ def generate(pipeline: Pipeline, prompt: str, negative: str, seeds: list[int], s
     """Images [B, H, W, 3] (float32 in [0, 1]) for one prompt and one seed per image."""
     positive, negative_cond = pipeline.encode(prompt), pipeline.encode(negative)
     latent = torch.zeros([len(seeds), 4, settings.height // 8, settings.width // 8],
-                         device=comfy.model_management.intermediate_device())
-    latent = comfy.sample.fix_empty_latent_channels(pipeline.model, latent)
-    samples = comfy.sample.sample(pipeline.model, image_noise(latent, seeds), settings.steps, settings.cfg,
+                         device=intermediate_device())
+    latent = sampling.fix_empty_latent_channels(pipeline.model, latent)
+    samples = sampling.sample(pipeline.model, image_noise(latent, seeds), settings.steps, settings.cfg,
                                   settings.sampler_name, settings.scheduler, positive, negative_cond, latent,
                                   callback=lambda *_: check_cancelled(), disable_pbar=True, seed=seeds[0])
     check_cancelled()

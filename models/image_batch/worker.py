@@ -11,25 +11,20 @@ Weights: on the caller's machine they come from the caller's shared-memory copy
 path, which must then be on a shared disk or at the same path.
 """
 import socket
-import sys
 import time
 
 import torch
 
-from ..utils.dataset import encode_png, record_for
-from ..utils.prompts import ImageTask
-from .comfy_runtime import ensure_comfy
+from ...utils.dataset import encode_png, record_for
+from ...utils.prompts import ImageTask
+from ..comfy.runtime import ensure_comfy
 
 
 def prepare_comfy(job: dict, device: torch.device) -> None:
     """Import ComfyUI in this worker, on its device; `cpu_offload` -> ComfyUI's novram mode."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    ensure_comfy(job.get("comfyui_dir"))
-    if job.get("cpu_offload") and "comfy.model_management" not in sys.modules:
-        from comfy.cli_args import args
-
-        args.novram = True  # weights stay in CPU RAM, ComfyUI streams them to the GPU layer by layer
+    ensure_comfy(job.get("comfyui_dir"), novram=bool(job.get("cpu_offload")))
 
 
 def open_weights(job: dict):
@@ -45,7 +40,7 @@ def open_weights(job: dict):
 
 def pipeline_for(ctx, job: dict):
     """The job's pipeline, built on first use and kept for later prompts with the same model / LoRA."""
-    from .sdxl_generate import load_pipeline
+    from ..image_batch.generate import load_pipeline
 
     key = job["pipeline_key"]
     cached = ctx.state.get("sdxl_pipeline")
@@ -63,7 +58,7 @@ def pipeline_for(ctx, job: dict):
 def run(ctx, job: dict) -> int:
     """Generate batches from the queue until it is empty; returns how many images this worker made."""
     prepare_comfy(job, ctx.device)
-    from .sdxl_generate import GenerateSettings, timed_generate
+    from ..image_batch.generate import GenerateSettings, timed_generate
 
     settings = GenerateSettings(**job["settings"])
     pipeline = pipeline_for(ctx, job)

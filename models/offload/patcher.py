@@ -18,22 +18,17 @@ The mixin is combined with whatever patcher class the MODEL already has (GGUF's,
 ModelPatcher.clone() keeps the class, so LoRA loaders applied after OffloadApply keep it.
 """
 import logging
-import uuid
 from dataclasses import dataclass, field
 
 import torch
 
-from ..offload.checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
-from ..offload.ledger import ResidentLedger, planned_peak, swapped_indices
-from ..offload.swap import BlockOffloader, OffloadConfig, place_blocks
-from .blocks import transformer_blocks
-from .comfy_runtime import ensure_comfy
-from .patcher_mixin import refuse_other_block_manager, with_mixin
-
-ensure_comfy()
-import comfy.model_management  # noqa: E402
-import comfy.model_patcher  # noqa: E402
-from comfy.patcher_extension import WrappersMP  # noqa: E402
+from ...offload.checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
+from ...offload.ledger import ResidentLedger, planned_peak, swapped_indices
+from ...offload.swap import BlockOffloader, OffloadConfig, place_blocks
+from ..comfy import patcher as host
+from ..comfy.extension import WRAPPERS
+from ..comfy.management import module_size
+from ..wan.blocks import transformer_blocks
 
 KEY = "comfyui_parallel.offload"
 LOAD_EVERYTHING = 1 << 62
@@ -94,14 +89,15 @@ class OffloadState:
 
 def block_sizes(base_model) -> tuple[list[int], int]:
     """Bytes of each transformer block and of everything else in the model."""
-    sizes = [comfy.model_management.module_size(block) for block in transformer_blocks(base_model)]
-    return sizes, comfy.model_management.module_size(base_model) - sum(sizes)
+    sizes = [module_size(block) for block in transformer_blocks(base_model)]
+    return sizes, module_size(base_model) - sum(sizes)
 
 
-class OffloadPatcherMixin:
+class OffloadPatcherMixin(host.PatcherMixin):
     """Overrides of ModelPatcher's loading so the swapped blocks belong to the offloader alone."""
 
     BLOCK_MANAGER = "Offload"
+    CLASS_PREFIX = "Offload"
 
     @property
     def offload_state(self) -> OffloadState:
@@ -119,33 +115,34 @@ class OffloadPatcherMixin:
     def model_size(self):
         return self.planned_resident_bytes()
 
-    def _load_list(self):
+    def _load_list(self, *args, **kwargs):
         swapped = {id(m) for block in self.swapped_blocks() for m in block.modules()}
-        return [entry for entry in super()._load_list() if id(entry[3]) not in swapped]
+        return host.drop_from_load_list(super()._load_list(*args, **kwargs), lambda _name, m: id(m) in swapped)
 
-    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
-        if full_load:  # ComfyUI would finish with model.to(device): load module by module instead
-            lowvram_model_memory, full_load = LOAD_EVERYTHING, False
-            super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
-            move_except(self.model, device_to, set(self.swapped_blocks()))
+    def load(self, *args, **kwargs):
+        call = host.LoadCall.of(args, kwargs)
+        if call.full_load:  # ComfyUI would finish with model.to(device): load module by module instead
+            super().load(**call.arguments(lowvram_model_memory=LOAD_EVERYTHING, full_load=False))
+            move_except(self.model, call.device_to, set(self.swapped_blocks()))
         else:
-            super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
-        self._load_swapped_blocks(device_to)
+            super().load(**call.arguments())
+        self._load_swapped_blocks(call.device_to)
 
     def _load_swapped_blocks(self, device_to) -> None:
         """Put the swapped blocks on the offload device, patch their weights there, book the window."""
         state = self.offload_state
         compute = torch.device(device_to if device_to is not None else self.load_device)
         place_blocks(transformer_blocks(self.model), state.config(compute), swapped_only=True)
+        pin = state.settings.pin_memory and host.can_pin(self)
         for module, keys in self._swapped_modules_and_keys():
-            if getattr(module, "comfy_patched_weights", False):
+            if host.weights_patched(module):
                 continue
             for key in keys:
-                self.patch_weight_to_device(key, device_to=None)
-                if state.settings.pin_memory:
-                    self.pin_weight_to_device(key)
-            module.comfy_patched_weights = True
-        self.model.model_loaded_weight_memory += self.window_bytes()
+                host.patch_weight(self, key)
+                if pin:
+                    host.pin_weight(self, key)
+            host.mark_weights_patched(module)
+        host.add_loaded_bytes(self, self.window_bytes())
 
     def _swapped_modules_and_keys(self):
         """(module, its own parameters' state-dict keys) for every module inside a swapped block."""
@@ -162,11 +159,11 @@ class OffloadPatcherMixin:
         resident = sum(sizes[: len(sizes) - settings.blocks_to_swap])
         return planned_peak(sizes, settings.blocks_to_swap, settings.prefetch_blocks) - resident
 
-    def unpatch_model(self, device_to=None, unpatch_weights=True):
-        super().unpatch_model(None, unpatch_weights)
+    def unpatch_model(self, device_to=None, unpatch_weights=True, *args, **kwargs):
+        super().unpatch_model(None, unpatch_weights, *args, **kwargs)
         if unpatch_weights and device_to is not None:
             move_except(self.model, device_to, set(self.swapped_blocks()))
-            self.model.device = device_to
+            host.set_model_device(self, device_to)
 
 
 def move_except(module: torch.nn.Module, device, skip: set) -> None:
@@ -178,19 +175,23 @@ def move_except(module: torch.nn.Module, device, skip: set) -> None:
         move_except(child, device, skip)
 
 
-def apply_offload(model: comfy.model_patcher.ModelPatcher, settings: OffloadSettings) -> comfy.model_patcher.ModelPatcher:
-    """A clone of `model` whose swapped blocks are offloaded as `settings` say."""
+def apply_offload(model, settings: OffloadSettings):
+    """A clone of `model` (a ModelPatcher) whose swapped blocks are offloaded as `settings` say.
+
+    A Dynamic VRAM MODEL (ComfyUI 0.38+) gives way to a non-dynamic patcher: the offloader
+    decides where the swapped blocks live, and their LoRA must be in the weights it copies.
+    """
     transformer_blocks(model.model)  # refuse unsupported models before cloning
-    refuse_other_block_manager(model, OffloadPatcherMixin)
-    patched = model.clone()
-    # Same object, subclass with the same layout: keeps every attribute the clone already has.
-    patched.__class__ = with_mixin(type(patched), OffloadPatcherMixin, "Offload")
-    # A new weight identity: ComfyUI then unpatches and reloads when switching from a plain clone.
-    patched.patches_uuid = uuid.uuid4()
+    host.refuse_other_block_manager(model, OffloadPatcherMixin)
+    model = host.non_dynamic(model, "offload", "the offloader moves the swapped blocks itself, LoRA applied")
+    if settings.pin_memory and not host.can_pin(model):
+        log.warning("offload: pin_memory asked for, but this ComfyUI cannot pin weights in place; "
+                    "the swapped blocks stay in pageable memory")
+    patched = host.as_pack_patcher(model, OffloadPatcherMixin)
     state = OffloadState(settings, ResidentLedger(base_bytes=block_sizes(patched.model)[1]))
     patched.set_attachments(KEY, state)
-    patched.remove_wrappers_with_key(WrappersMP.DIFFUSION_MODEL, KEY)
-    patched.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, state)
+    patched.remove_wrappers_with_key(WRAPPERS.DIFFUSION_MODEL, KEY)
+    patched.add_wrapper_with_key(WRAPPERS.DIFFUSION_MODEL, KEY, state)
     log.info("offload: %d blocks swapped, prefetch %d, planned resident %.2f MB", settings.blocks_to_swap,
              settings.prefetch_blocks, patched.planned_resident_bytes() / 2**20)
     return patched

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..parallel.devices import free_bytes, parse_gpu_ids
-from ..parallel.plan import GIB, recommend
-from ..utils.errors import InputError
-from .multi_gpu_patcher import MultiGPUSettings, as_multi_gpu
-from .multi_gpu_runners import attach_runners
-from .wan import is_wan, require_wan
+from ...parallel.devices import free_bytes, parse_gpu_ids
+from ...parallel.plan import GIB, recommend
+from ...utils.errors import InputError
+from ..comfy.patcher import non_dynamic
+from ..wan.family import is_wan, require_wan
+from .patcher import MultiGPUSettings, as_multi_gpu
+from .wrappers import attach_runners
 
 MODES = ("auto", "none", "data_parallel", "block_distribution", "distributed")
 LOAD_DEVICES = ("main_device", "offload_device")
@@ -104,7 +105,14 @@ def resolve(model_patcher, request: MultiGPURequest) -> MultiGPUSettings:
 
 
 def apply_multi_gpu(model_patcher, settings: MultiGPUSettings):
-    """A clone of the MODEL that runs with `settings`; the input MODEL is unchanged."""
+    """A clone of the MODEL that runs with `settings`; the input MODEL is unchanged.
+
+    Every mode but none places or replicates the weights itself, so it takes a non-dynamic
+    patcher for a Dynamic VRAM MODEL (ComfyUI 0.38+ keeps LoRA out of the parameters there).
+    """
+    mode = settings.parallelism_type
+    if mode != "none":
+        model_patcher = non_dynamic(model_patcher, mode, "it moves or copies the weights itself, with LoRA applied")
     patched = as_multi_gpu(model_patcher, settings)
     attach_runners(patched)
     log.info("MultiGPU: %s on %s%s", settings.parallelism_type, ", ".join(map(str, settings.devices)),

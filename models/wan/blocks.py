@@ -6,8 +6,7 @@ Families register with `register_block_list`; Wan (2.1 / 2.2, all variants) is b
 """
 from torch import nn
 
-from ..utils.errors import InputError
-from .comfy_runtime import ensure_comfy
+from ...utils.errors import InputError
 
 _BLOCK_LISTS: dict[type, str] = {}
 _BUILTIN_LOADED = []
@@ -21,11 +20,10 @@ def register_block_list(model_class: type, attribute: str) -> None:
 def _builtin_families() -> None:
     if _BUILTIN_LOADED:
         return
-    ensure_comfy()
-    from comfy.ldm.wan.model import WanModel
+    from ..comfy import wan as comfy_wan
 
-    register_block_list(WanModel, "blocks")
-    _BUILTIN_LOADED.append(WanModel)
+    register_block_list(comfy_wan.WanModel, comfy_wan.BLOCKS)
+    _BUILTIN_LOADED.append(comfy_wan.WanModel)
 
 
 def transformer_blocks(diffusion_model: nn.Module) -> nn.ModuleList:

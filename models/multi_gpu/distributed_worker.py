@@ -9,10 +9,9 @@ first rank returns its share of the output; the others return None.
 import torch
 import torch.distributed as dist
 
-from ..parallel.placement import move_to
-from .comfy_runtime import ensure_comfy
-from .wan import build_wan_model
-from .wan_sequence import install_sequence_parallel
+from ...parallel.placement import move_to
+from ..comfy.wan import build_wan_model
+from ..wan.sequence import install_sequence_parallel
 
 
 def rank_layout(rank: int, world: int, cfg_degree: int) -> tuple[int, int, int]:
@@ -33,7 +32,6 @@ def sequence_groups(ctx, cfg_degree: int) -> list:
 
 def load_model(ctx, spec: dict, weights, token: str, cfg_degree: int) -> str:
     """Build the model unless this token is already loaded; the previous model is dropped first."""
-    ensure_comfy()
     if ctx.state.get("token") == token:
         return "cached"
     for name in ("model", "weights", "token"):

@@ -10,7 +10,6 @@ The batches are formed here, before dispatch, the same way in every mode, and ea
 gets the noise of its own seed, so every mode writes the same images. Only this process
 writes the dataset (see utils/dataset.py): workers send PNG bytes and manifest records.
 """
-import atexit
 import os
 import threading
 from dataclasses import asdict, dataclass, field, replace
@@ -19,15 +18,17 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..parallel.launch import WorkerGroup, WorkerGroupConfig
-from ..parallel.shared_weights import share_state_dict
-from ..utils.dataset import Dataset, ImageRecord, encode_png, record_for
-from ..utils.errors import Cancelled
-from ..utils.prompts import ImageTask
-from .sdxl_generate import GenerateSettings, Pipeline, load_pipeline, timed_generate, with_data_parallel
+from ...parallel.launch import WorkerGroup, WorkerGroupConfig
+from ...parallel.pool import POOL
+from ...utils.dataset import Dataset, ImageRecord, encode_png, record_for
+from ...utils.errors import Cancelled
+from ...utils.prompts import ImageTask
+from ..comfy.loaders import load_weights_file
+from .generate import GenerateSettings, Pipeline, load_pipeline, timed_generate, with_data_parallel
 
 MODES = ("multi_process", "data_parallel", "single")
-WORKER_FN = "models.sdxl_worker:run"
+WORKER_FN = "models.image_batch.worker:run"
+FEATURE = "image_batch"
 
 
 @dataclass
@@ -93,8 +94,12 @@ def make_batches(tasks: list[ImageTask], batch_size: int) -> list[list[ImageTask
 
 
 def run_job(job: BatchJob, dataset: Dataset, tasks: list[ImageTask], reporter: Reporter,
-            group: WorkerGroup | None = None) -> int:
-    """Generate every task not finished in `dataset`; returns how many images were written now."""
+            group: WorkerGroup | None = None, remote: dict | None = None) -> int:
+    """Generate every task not finished in `dataset`; returns how many images were written now.
+
+    multi_process runs in `group`, or in the pool's group for `job` and `remote` (see worker_pool)
+    with the checkpoint shared from memory.
+    """
     pending = dataset.pending(tasks)
     batches = make_batches(pending, job.batch_size)
     reporter.start(len(tasks) - len(pending))
@@ -102,7 +107,11 @@ def run_job(job: BatchJob, dataset: Dataset, tasks: list[ImageTask], reporter: R
         if not batches:
             return 0
         if job.mode == "multi_process":
-            run_workers(job, batches, dataset, reporter, group or worker_pool(job).group)
+            if group is None:
+                group, weights = worker_pool(job, remote), shared_checkpoint(job, remote)
+            else:
+                weights = None  # a caller's own group: its workers read the checkpoint file
+            run_workers(job, batches, dataset, reporter, group, weights)
         else:
             run_in_process(job, batches, dataset, reporter)
         return len(pending)
@@ -159,62 +168,36 @@ def run_workers(job: BatchJob, batches: list[list[ImageTask]], dataset: Dataset,
 
     payload = {"ckpt_path": job.ckpt_path, "lora_path": job.lora_path, "settings": job.settings.as_dict(),
                "pipeline_key": job.pipeline_key, "cpu_offload": job.cpu_offload, "comfyui_dir": job.comfyui_dir,
-               "weights": weights if weights is not None else _POOL.get("weights")}
+               "weights": weights}
     items = ([asdict(task) for task in batch] for batch in batches)
     return group.call(WORKER_FN, payload, tasks=items, on_event=on_event, should_cancel=reporter.should_cancel)
 
 
-_POOL: dict = {}
-_POOL_LOCK = threading.Lock()
+def pool_key(job: BatchJob, remote: dict | None = None) -> tuple:
+    """The pool key of this job's workers: devices, threads, ComfyUI, offload, remote settings."""
+    return (FEATURE, tuple(map(str, job.devices)), job.threads_per_worker, job.comfyui_dir, job.cpu_offload,
+            tuple(sorted((remote or {}).items())))
 
 
-@dataclass
-class WorkerPool:
-    """A long-lived worker group (kept between prompts) and the checkpoint shared with it."""
-    group: WorkerGroup
-    config_key: tuple
-
-
-def worker_pool(job: BatchJob, remote: dict | None = None) -> WorkerPool:
-    """The group for these devices (started now, or kept from the last prompt), weights shared.
+def worker_pool(job: BatchJob, remote: dict | None = None) -> WorkerGroup:
+    """The group for these devices (started now, or kept from the last prompt); one set of workers at a time.
 
     remote: {"remote_ranks", "master_addr", "master_port", "authkey"} to let other machines join.
     """
-    remote = remote or {}
-    config_key = (tuple(map(str, job.devices)), job.threads_per_worker, job.comfyui_dir, job.cpu_offload,
-                  tuple(sorted(remote.items())))
-    with _POOL_LOCK:
-        pool = _POOL.get("pool")
-        if pool is None or pool.config_key != config_key or not pool.group.alive():
-            close_pool()
-            config = WorkerGroupConfig(devices=[str(d) for d in job.devices], threads_per_worker=job.threads_per_worker,
-                                       comfyui_dir=job.comfyui_dir, **remote)
-            pool = _POOL["pool"] = WorkerPool(WorkerGroup(config), config_key)
-        if _POOL.get("weights_key") != job.pipeline_key:
-            share_weights(job)
-        return pool
+    key = pool_key(job, remote)
+    for other in POOL.keys(FEATURE):
+        if other != key:
+            POOL.close(other)
+    config = WorkerGroupConfig(devices=[str(d) for d in job.devices], threads_per_worker=job.threads_per_worker,
+                               comfyui_dir=job.comfyui_dir, **(remote or {}))
+    return POOL.group(key, config)
 
 
-def share_weights(job: BatchJob) -> None:
-    """Copy the checkpoint once into shared memory for this machine's workers."""
-    import comfy.utils
-
-    old = _POOL.pop("weights", None)
-    if old is not None:
-        old.release()
-    _POOL["weights"] = share_state_dict(comfy.utils.load_torch_file(job.ckpt_path, safe_load=True))
-    _POOL["weights_key"] = job.pipeline_key
+def shared_checkpoint(job: BatchJob, remote: dict | None = None):
+    """The checkpoint, copied once into shared memory for this machine's workers."""
+    return POOL.shared(pool_key(job, remote), FEATURE, job.pipeline_key, lambda: load_weights_file(job.ckpt_path))
 
 
 def close_pool() -> None:
     """End the kept worker group and free the shared weights."""
-    pool = _POOL.pop("pool", None)
-    if pool is not None:
-        pool.group.close()
-    weights = _POOL.pop("weights", None)
-    if weights is not None:
-        weights.release()
-    _POOL.pop("weights_key", None)
-
-
-atexit.register(close_pool)
+    POOL.close_feature(FEATURE)

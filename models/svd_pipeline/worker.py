@@ -4,22 +4,22 @@
 LoRA (kept in ctx.state between prompts) and gives it the job's CFG patch, then runs the
 pipeline's stage loop (parallel/pipeline.py): for each video in seed order it
 receives the previous stage's latent and sampler state, runs this stage's steps with ComfyUI's
-own sampling (models/svd_stage.py) and sends the result on. The last stage returns the latents.
+own sampling (models/comfy/sampling.py) and sends the result on. The last stage returns the latents.
 Messages are plain data and tensors: the job is a dict, conditioning is ComfyUI's own lists.
 """
 import time
 
 import torch
 
-from ..utils.errors import Cancelled
-from .comfy_runtime import ensure_comfy
+from ...utils.errors import Cancelled
+from ..comfy.runtime import ensure_comfy
 
 
 def stage_model(ctx, job: dict):
     """The job's model on this worker: rebuilt only when the weights changed, then given the
     job's CFG patch (VideoLinearCFGGuidance / VideoTriangleCFGGuidance) by ComfyUI's own node."""
-    from .svd_model_patches import apply_patches
-    from .svd_stage import build_model
+    from ..comfy.guidance import apply_patches
+    from ..comfy.rebuild import build_model
 
     cached = ctx.state.get("svd_model")
     if cached is None or cached[0] != job["model_key"]:
@@ -33,7 +33,7 @@ class StageWork:
     """`work(n, state)` for the stage loop: this stage's steps for video n, with progress."""
 
     def __init__(self, ctx, job: dict, model):
-        from .svd_stage import StageJob
+        from .stage import StageJob
 
         self.ctx, self.job, self.model = ctx, job, model
         start, end = job["ranges"][ctx.rank]
@@ -44,7 +44,7 @@ class StageWork:
         self.step_seconds = [0.0] * (end - start)
 
     def __call__(self, n: int, state: dict | None) -> dict:
-        from .svd_stage import run_stage
+        from ..comfy.sampling import run_stage
 
         clock = [time.perf_counter()]
 
@@ -67,7 +67,7 @@ class StageWork:
 def run(ctx, job: dict) -> dict:
     """Run this rank's stage over all videos; the last rank returns the latents in seed order."""
     ensure_comfy(job.get("comfyui_dir"))
-    from ..parallel.pipeline import StageLoop
+    from ...parallel.pipeline import StageLoop
 
     model = stage_model(ctx, job)
     work = StageWork(ctx, job, model)

@@ -16,9 +16,9 @@ forward hooks on the worker's model (a private instance, never the server's):
 import torch
 from torch import nn
 
-from ..parallel.sequence import gather_sequence, split_sequence, ulysses_attention
-from .comfy_runtime import ensure_comfy
-from .wan import wan_blocks
+from ...parallel.sequence import gather_sequence, split_sequence, ulysses_attention
+from ..comfy import wan as comfy_wan
+from .family import wan_blocks
 
 
 def expand_tokens(e: torch.Tensor, length: int) -> torch.Tensor:
@@ -76,30 +76,10 @@ class UlyssesSelfAttention(nn.Module):
         self.shard = shard
 
     def forward(self, x, freqs, transformer_options={}):
-        ensure_comfy()
-        from comfy.ldm.flux.math import apply_rope1
-
-        a = self.inner
-        b, s, n, d = *x.shape[:2], a.num_heads, a.head_dim
-        q = apply_rope1(a.norm_q(a.q(x)).view(b, s, n, d), freqs)
-        k = apply_rope1(a.norm_k(a.k(x)).view(b, s, n, d), freqs)
-        v = a.v(x).view(b, s, n, d)
-        out = ulysses_attention(q, k, v, attention_with(transformer_options), self.shard.group, self.shard.length)
-        return a.o(out.reshape(b, s, n * d))
-
-
-def attention_with(transformer_options: dict):
-    """ComfyUI's optimized attention as a function of [B, L, heads, D] tensors."""
-    from comfy.ldm.modules.attention import optimized_attention
-
-    def attend(q, k, v):
-        b, length, heads, d = q.shape
-        out = optimized_attention(q.reshape(b, length, heads * d), k.reshape(b, length, heads * d),
-                                  v.reshape(b, length, heads * d), heads=heads,
-                                  transformer_options=transformer_options)
-        return out.view(b, length, heads, d)
-
-    return attend
+        q, k, v = comfy_wan.self_attention_qkv(self.inner, x, freqs)
+        attend = comfy_wan.attention_with(transformer_options)
+        out = ulysses_attention(q, k, v, attend, self.shard.group, self.shard.length)
+        return comfy_wan.self_attention_out(self.inner, out)
 
 
 def block_pre_hook(shard: SequenceShard, first: bool):
@@ -108,7 +88,8 @@ def block_pre_hook(shard: SequenceShard, first: bool):
         if first:
             shard.begin(x.shape[1])
             x = shard.split(x)
-        kwargs = dict(kwargs, freqs=shard.rows(kwargs["freqs"]), e=shard.per_token(kwargs["e"]))
+        rotary, modulation = comfy_wan.ROTARY_KWARG, comfy_wan.MODULATION_KWARG
+        kwargs = dict(kwargs, **{rotary: shard.rows(kwargs[rotary]), modulation: shard.per_token(kwargs[modulation])})
         return (x, *args[1:]), kwargs
 
     return hook

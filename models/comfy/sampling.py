@@ -1,63 +1,36 @@
-"""One pipeline stage of SVD sampling: a contiguous range of steps with ComfyUI's own sampling.
+"""ComfyUI's sampling as the pack drives it: KSampler's pieces, and a stage of a split schedule.
 
-A stage runs steps [start, end) of one sigma schedule exactly the way KSamplerAdvanced does
-(`sigmas[start:end + 1]`, noise added with the seed only at step 0, `add_noise` disabled
-later), through ComfyUI's CFGGuider and its k-diffusion sampler functions. Two things make
-the chained stages bit-identical to one KSampler run, which plain KSamplerAdvanced chaining
-is not:
-
-- the latent travels in the sampler's own space (`x` before `process_latent_out`), so the
-  scale factor is not divided out and multiplied back in between stages;
-- per-step noise continues where the previous stage stopped: the seeded generator's state
-  travels with the latent (ancestral / SDE samplers), and Brownian-tree samplers get a tree
-  over the whole schedule instead of the stage's part.
-
-Samplers with history across steps (multistep: dpmpp_2m, lms, uni_pc, ...) or with a schedule
-of their own (dpm_fast, dpm_adaptive) cannot be split exactly and are refused.
+The step pipeline runs steps [start, end) of one sigma schedule exactly the way
+KSamplerAdvanced does (`sigmas[start:end + 1]`, noise added with the seed only at step 0),
+through ComfyUI's CFGGuider (`comfy.samplers.sample`) and its k-diffusion sampler functions.
+`StageSampler` is ComfyUI's KSAMPLER with two changes that make chained stages bit-identical to
+one KSampler run: the latent travels in the sampler's own space (before `process_latent_out`),
+and per-step noise continues where the previous stage stopped (the seeded generator's state,
+or a Brownian tree over the whole schedule). What a stage runs is described by a
+`svd_pipeline.stage.StageJob` (start, end, first, last, sigmas, seed, sampler_name, cfg).
 """
 import inspect
-from dataclasses import dataclass
 
 import torch
 
-import comfy.k_diffusion.sampling as k_sampling
-import comfy.sample
-import comfy.samplers
+from .runtime import ensure_comfy
+
+ensure_comfy()
+import comfy.k_diffusion.sampling as k_sampling  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+
+SAMPLERS = comfy.samplers.KSampler.SAMPLERS
+SCHEDULERS = comfy.samplers.KSampler.SCHEDULERS
+prepare_noise = comfy.sample.prepare_noise
+fix_empty_latent_channels = comfy.sample.fix_empty_latent_channels
+sample = comfy.sample.sample
 
 # Checked against full KSampler runs (tests/integration/test_svd_pipeline.py): exact at any split.
 STATELESS_SAMPLERS = ("euler", "euler_cfg_pp", "heun", "dpm_2", "ddim")
 GENERATOR_NOISE_SAMPLERS = ("euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
                             "dpmpp_2s_ancestral_cfg_pp", "ddpm", "lcm", "seeds_2", "seeds_3")
 BROWNIAN_NOISE_SAMPLERS = ("dpmpp_sde", "dpmpp_sde_gpu")
-SPLITTABLE_SAMPLERS = STATELESS_SAMPLERS + GENERATOR_NOISE_SAMPLERS + BROWNIAN_NOISE_SAMPLERS
-
-
-def check_splittable(sampler_name: str) -> None:
-    """Refuse a sampler whose state across steps cannot be carried from stage to stage."""
-    from ..utils.errors import InputError
-
-    if sampler_name not in SPLITTABLE_SAMPLERS:
-        raise InputError("sampler_name", f"'{sampler_name}' keeps history across steps or its own schedule, so "
-                         "splitting its steps over stages would change the result", ", ".join(SPLITTABLE_SAMPLERS))
-
-
-@dataclass
-class StageJob:
-    """What one stage needs for one video: the schedule, its step range and the video's seed."""
-    sigmas: torch.Tensor  # the whole schedule, len = steps + 1
-    start: int
-    end: int
-    seed: int
-    sampler_name: str
-    cfg: float
-
-    @property
-    def first(self) -> bool:
-        return self.start == 0
-
-    @property
-    def last(self) -> bool:
-        return self.end == len(self.sigmas) - 1
 
 
 class CarriedNoise:
@@ -81,7 +54,7 @@ class CarriedNoise:
 class StageSampler(comfy.samplers.KSAMPLER):
     """KSAMPLER.sample for a part of the schedule: starts from a carried x, returns the raw x."""
 
-    def __init__(self, job: StageJob, carry: dict | None):
+    def __init__(self, job, carry: dict | None):
         base = comfy.samplers.sampler_object(job.sampler_name)
         super().__init__(base.sampler_function, dict(base.extra_options), base.inpaint_options)
         self.job = job
@@ -137,7 +110,7 @@ def schedule_sigmas(model, steps: int, sampler_name: str, scheduler: str) -> tor
     return sampler.sigmas.cpu()
 
 
-def run_stage(model, positive, negative, latent_image: torch.Tensor, job: StageJob, carry: dict | None,
+def run_stage(model, positive, negative, latent_image: torch.Tensor, job, carry: dict | None,
               callback=None) -> dict:
     """Run steps [job.start, job.end) for one video; return the carry for the next stage.
 
@@ -155,36 +128,3 @@ def run_stage(model, positive, negative, latent_image: torch.Tensor, job: StageJ
     if job.last:
         return {"samples": samples.to("cpu")}
     return sampler.carry_out
-
-
-# --- model transfer: the caller describes the model, each stage worker rebuilds it -------------
-
-def model_spec(model) -> dict:
-    """Plain data to rebuild the patcher's model in a worker: config class, unet config, dtypes."""
-    base = model.model
-    config_class = type(base.model_config)
-    return {"config_class": f"{config_class.__module__}:{config_class.__qualname__}",
-            "unet_config": dict(base.model_config.unet_config), "manual_cast_dtype": base.manual_cast_dtype}
-
-
-def build_model(spec: dict, state_dict: dict, device: torch.device):
-    """ComfyUI's own model class from (spec, weights), in a ModelPatcher on `device`.
-
-    Built on the meta device and given the weights by assignment, so workers on the CPU compute
-    from the shared-memory tensors without a copy.
-    """
-    import importlib
-
-    import comfy.model_patcher
-
-    module_name, _, class_name = spec["config_class"].partition(":")
-    model_config = getattr(importlib.import_module(module_name), class_name)(dict(spec["unet_config"]))
-    model_config.set_inference_dtype(spec["unet_config"].get("dtype", torch.float32), spec["manual_cast_dtype"])
-    with torch.device("meta"):
-        model = model_config.get_model({})
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    left_on_meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left_on_meta:
-        raise ValueError(f"model tensors without weights: {left_on_meta[:5]}")
-    model.eval().requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))

@@ -12,23 +12,22 @@ ComfyUI's model management moves weights only through a patcher's `load`, `unpat
 - distributed: the blocks stay on the offload device (workers compute them from shared
   memory); only embeddings and head are loaded on the main device.
 - none / data_parallel: ComfyUI's own loading on the main device; data_parallel replicates
-  the loaded model per call through a diffusion-model wrapper (models/multi_gpu_runners).
+  the loaded model per call through a diffusion-model wrapper (models/multi_gpu/data_parallel.py).
 
 The mixin is combined with whatever patcher class the MODEL already has (GGUF's, ...), and
 ModelPatcher.clone() keeps the class, so LoRA loaders applied after still keep the placement.
 """
 import logging
-import uuid
 import weakref
 from dataclasses import dataclass
 
 import torch
 
-from ..parallel.devices import free_bytes, storage_device
-from ..parallel.placement import distribute_blocks
-from ..parallel.plan import module_bytes, plan_blocks
-from .patcher_mixin import refuse_other_block_manager, with_mixin
-from .wan import block_index_of, wan_blocks
+from ...parallel.devices import free_bytes, storage_device
+from ...parallel.placement import distribute_blocks
+from ...parallel.plan import module_bytes, plan_blocks
+from ..comfy import patcher as host
+from ..wan.family import block_index_of, wan_blocks
 
 MANAGED_MODES = ("block_distribution", "distributed")
 log = logging.getLogger(__name__)
@@ -67,17 +66,14 @@ def placement_of(base_model: torch.nn.Module) -> Placement | None:
     return _PLACEMENTS.get(base_model)
 
 
-class MultiGPUPatcherMixin:
+class MultiGPUPatcherMixin(host.PatcherMixin):
     """Overrides of ModelPatcher's loading entry points; see the module docstring."""
 
     BLOCK_MANAGER = "Multi-GPU"
+    CLASS_PREFIX = "MultiGPU"
+    CARRIED = ("multi_gpu",)
 
     multi_gpu: MultiGPUSettings
-
-    def clone(self):
-        clone = super().clone()
-        clone.multi_gpu = self.multi_gpu
-        return clone
 
     def _mode(self) -> str:
         return self.multi_gpu.parallelism_type
@@ -85,11 +81,11 @@ class MultiGPUPatcherMixin:
     def _manages_blocks(self) -> bool:
         return self._mode() in MANAGED_MODES
 
-    def _load_list(self):
-        loading = super()._load_list()
+    def _load_list(self, *args, **kwargs):
+        loading = super()._load_list(*args, **kwargs)
         if not self._manages_blocks():
             return loading
-        return [item for item in loading if block_index_of(item[2]) is None]
+        return host.drop_from_load_list(loading, lambda name, _module: block_index_of(name) is not None)
 
     def _plan(self) -> Placement:
         """This model's placement: reused while it lasts, else planned from free memory now."""
@@ -116,16 +112,17 @@ class MultiGPUPatcherMixin:
         placement = self._plan()
         return rest + sum(module_bytes(b) for b, d in zip(blocks, placement.assignment) if d == 0)
 
-    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+    def load(self, *args, **kwargs):
         if not self._manages_blocks():
-            return super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
+            return super().load(*args, **kwargs)
+        call = host.LoadCall.of(args, kwargs)
         with self.use_ejected():
-            on_main = self._place_blocks(device_to)
-            budget = 1e32 if full_load or lowvram_model_memory <= 0 else lowvram_model_memory
+            on_main = self._place_blocks(call.device_to)
+            budget = call.lowvram_model_memory
+            budget = 1e32 if call.full_load or budget <= 0 else budget
             # full_load=False: ComfyUI's full load ends with model.to(device), which would pull the blocks back
-            super().load(device_to, lowvram_model_memory=budget, force_patch_weights=force_patch_weights,
-                         full_load=False)
-            self.model.model_loaded_weight_memory += on_main
+            super().load(**call.arguments(lowvram_model_memory=budget, full_load=False))
+            host.add_loaded_bytes(self, on_main)
 
     def _place_blocks(self, device_to) -> int:
         """Put the blocks where the mode wants them and apply LoRA patches there; bytes left on device_to."""
@@ -147,30 +144,27 @@ class MultiGPUPatcherMixin:
 
     def _patch_block(self, index: int, block: torch.nn.Module, device) -> None:
         """Apply this patcher's weight patches (LoRA) to one block, on the block's own device, once."""
-        if getattr(block, "comfy_patched_weights", False):
+        if host.weights_patched(block):
             return
         target = storage_device(device) if device is not None else None
         for key in [k for k in self.patches if block_index_of(k) == index]:
-            self.unpin_weight(key)
-            self.patch_weight_to_device(key, device_to=target)
-        block.comfy_patched_weights = True
+            host.unpin_weight(self, key)
+            host.patch_weight(self, key, target)
+        host.mark_weights_patched(block)
 
-    def unpatch_model(self, device_to=None, unpatch_weights=True):
+    def unpatch_model(self, device_to=None, unpatch_weights=True, *args, **kwargs):
         if unpatch_weights and self._manages_blocks():
             placement = _PLACEMENTS.pop(self.model, None)
             if placement is not None and placement.distribution is not None:
                 placement.distribution.undo()
             for block in wan_blocks(self.model.diffusion_model):
-                block.__dict__.pop("comfy_patched_weights", None)
-        return super().unpatch_model(device_to, unpatch_weights)
+                host.clear_weights_patched(block)
+        return super().unpatch_model(device_to, unpatch_weights, *args, **kwargs)
 
 
 def as_multi_gpu(model_patcher, settings: MultiGPUSettings):
     """A clone of `model_patcher` that loads according to `settings` (the input is left untouched)."""
-    refuse_other_block_manager(model_patcher, MultiGPUPatcherMixin)
-    clone = model_patcher.clone()
-    clone.__class__ = with_mixin(type(model_patcher), MultiGPUPatcherMixin, "MultiGPU")
+    clone = host.as_pack_patcher(model_patcher, MultiGPUPatcherMixin)
     clone.multi_gpu = settings
-    clone.load_device = settings.main_device
-    clone.patches_uuid = uuid.uuid4()  # weights loaded under other settings are re-placed, not reused
+    host.set_load_device(clone, settings.main_device)
     return clone

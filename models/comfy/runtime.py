@@ -11,7 +11,7 @@ from pathlib import Path
 
 def find_comfyui_dir(hint: str | os.PathLike | None = None) -> Path:
     """The ComfyUI folder: the hint, $COMFYUI_DIR, the folder above custom_nodes/, or .comfyui/."""
-    pack_dir = Path(__file__).resolve().parents[1]
+    pack_dir = Path(__file__).resolve().parents[2]
     candidates = [hint, os.environ.get("COMFYUI_DIR")]
     if pack_dir.parent.name == "custom_nodes":
         candidates.append(pack_dir.parent.parent)
@@ -22,8 +22,9 @@ def find_comfyui_dir(hint: str | os.PathLike | None = None) -> Path:
     raise RuntimeError("ComfyUI not found: set COMFYUI_DIR to the folder holding main.py")
 
 
-def ensure_comfy(comfyui_dir: str | os.PathLike | None = None, cpu: bool | None = None) -> Path:
-    """Put ComfyUI on sys.path and configure its args (cpu when there is no GPU)."""
+def ensure_comfy(comfyui_dir: str | os.PathLike | None = None, cpu: bool | None = None, novram: bool = False) -> Path:
+    """Put ComfyUI on sys.path and configure its args (cpu when there is no GPU; novram: weights stay
+    in CPU RAM and stream to the GPU layer by layer). Settings apply only before ComfyUI is imported."""
     if "comfy.model_management" in sys.modules:
         return Path(sys.modules["comfy.model_management"].__file__).resolve().parents[1]
     folder = find_comfyui_dir(comfyui_dir)
@@ -33,4 +34,5 @@ def ensure_comfy(comfyui_dir: str | os.PathLike | None = None, cpu: bool | None 
     from comfy.cli_args import args
 
     args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    args.novram = args.novram or novram
     return folder

@@ -1,28 +1,31 @@
 """The step pipeline's caller side: share the model, start the stages, collect videos and the report.
 
 Runs in ComfyUI's server (or a test): the model's weights, with its weight patches (LoRA)
-applied, go once into shared memory, its CFG patch goes as plain data (svd_model_patches.py),
-one worker per device (a long-lived WorkerGroup, kept between prompts) rebuilds ComfyUI's
-model and runs its stage of the steps (models/svd_stage_worker.py). Progress counts every video's
+applied, go once into shared memory, its CFG patch goes as plain data (patches.py), one
+worker per device (a WorkerGroup kept in the pack's pool between prompts) rebuilds ComfyUI's
+model and runs its stage of the steps (worker.py). Progress counts every video's
 every step over all stages; ComfyUI's cancel stops all stages. After a cancel or a failure the
 group is closed (its channels may hold half-sent latents) and the next prompt starts a new one.
 """
-import atexit
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..parallel.devices import storage_device
-from ..parallel.launch import WorkerGroup, WorkerGroupConfig
-from ..parallel.pipeline import PipelineReport, StageStats, split_steps
-from ..parallel.shared_weights import share_state_dict
-from ..utils.errors import Cancelled
-from .svd_model_patches import describe_patches, patched_state_dict, weights_key
-from .svd_stage import check_splittable, model_spec, schedule_sigmas
+from ...parallel.devices import storage_device
+from ...parallel.launch import WorkerGroupConfig
+from ...parallel.pipeline import PipelineReport, StageStats, split_steps
+from ...parallel.pool import POOL
+from ...utils.errors import Cancelled
+from ..comfy.rebuild import model_spec
+from ..comfy.sampling import schedule_sigmas
+from ..comfy.weights import patched_state_dict
+from .patches import describe_patches, weights_key
+from .stage import check_splittable
 
-WORKER_FN = "models.svd_stage_worker:run"
+WORKER_FN = "models.svd_pipeline.worker:run"
+FEATURE = "svd_pipeline"
 
 
 @dataclass
@@ -44,49 +47,10 @@ class PipelineResult:
     step_seconds: list[float]  # measured mean seconds per step (for balanced splits)
 
 
-class _Groups:
-    """Long-lived worker groups by (devices, ComfyUI folder); closed on failure or cancel."""
-
-    def __init__(self):
-        self.groups: dict[tuple, WorkerGroup] = {}
-        # (weights_key, SharedWeights, base model kept alive so its id is not reused) of the latest model
-        self.weights: tuple | None = None
-
-    def get(self, names: tuple, comfyui_dir: str) -> WorkerGroup:
-        key = (names, comfyui_dir)
-        if key not in self.groups:
-            self.groups[key] = WorkerGroup(WorkerGroupConfig(devices=list(names), comfyui_dir=comfyui_dir))
-        return self.groups[key]
-
-    def discard(self, group: WorkerGroup) -> None:
-        for key, value in list(self.groups.items()):
-            if value is group:
-                del self.groups[key]
-        group.close()
-
-    def shared_weights(self, model):
-        """The model's weights, weight patches applied, in shared memory; made once per model and
-        patch set (the latest one is kept)."""
-        key = weights_key(model)
-        if self.weights is None or self.weights[0] != key:
-            self.release_weights()
-            self.weights = (key, share_state_dict(patched_state_dict(model)), model.model)
-        return self.weights[1]
-
-    def release_weights(self) -> None:
-        if self.weights is not None:
-            self.weights[1].release()
-            self.weights = None
-
-    def close_all(self) -> None:
-        for group in list(self.groups.values()):
-            group.close()
-        self.groups.clear()
-        self.release_weights()
-
-
-GROUPS = _Groups()
-atexit.register(GROUPS.close_all)
+def pool_key(devices: list[torch.device], comfyui_dir) -> tuple:
+    """The pool key of the stage workers for these devices and this ComfyUI."""
+    names = tuple(str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices)
+    return (FEATURE, names, str(comfyui_dir))
 
 
 def stage_ranges(steps: int, stages: int, split: str, measured: list[float] | None) -> list[tuple[int, int]]:
@@ -104,9 +68,12 @@ def run_pipeline(model, positive, negative, latent: torch.Tensor, settings: Pipe
     guidance = describe_patches(model)
     sigmas = schedule_sigmas(model, settings.steps, settings.sampler_name, settings.scheduler)
     ranges = stage_ranges(len(sigmas) - 1, len(devices), settings.stage_split, measured)
-    names = tuple(str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices)
-    group = GROUPS.get(names, str(comfyui_dir))
-    weights = GROUPS.shared_weights(model)
+    key = pool_key(devices, comfyui_dir)
+    for other in POOL.keys(FEATURE):  # one shared model at a time; other stage counts keep their workers
+        if other != key:
+            POOL.drop_weights(other, FEATURE)
+    group = POOL.group(key, WorkerGroupConfig(devices=list(key[1]), comfyui_dir=key[2]))
+    weights = POOL.shared(key, FEATURE, weights_key(model), lambda: patched_state_dict(model))
     job = {"spec": model_spec(model), "weights": weights, "guidance": guidance, "model_key": weights.spec()["shm_name"],
            "comfyui_dir": str(comfyui_dir), "sigmas": sigmas, "ranges": ranges, "seed": settings.seed,
            "cfg": settings.cfg, "sampler_name": settings.sampler_name, "num_videos": settings.num_videos,
@@ -124,7 +91,7 @@ def run_pipeline(model, positive, negative, latent: torch.Tensor, settings: Pipe
     except Cancelled:
         raise  # the stages stopped together and drained their channels: the group stays usable
     except BaseException:
-        GROUPS.discard(group)  # a crashed or failed stage: start afresh next time
+        POOL.close(key)  # a crashed or failed stage: start afresh next time
         raise
     wall = time.perf_counter() - started
     stats = [StageStats(r["stats"]["stage"], tuple(r["stats"]["steps"]), r["stats"]["busy_s"], r["stats"]["span_s"],

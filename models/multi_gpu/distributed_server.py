@@ -1,0 +1,129 @@
+"""distributed mode, server side: a diffusion-model wrapper that runs each call in worker processes.
+
+The MODEL's patcher keeps the blocks on the offload device (models/multi_gpu/patcher.py); the
+wrapper shares the model's current (LoRA-patched) weights once through shared memory, has
+every worker rebuild the model (models/multi_gpu/distributed_worker.py), and sends each
+diffusion-model call's inputs there; the output comes back to ComfyUI's sampler in this process.
+
+Worker groups live in the pack's pool (parallel/pool.py): one per (devices, ComfyUI folder),
+shared by every MODEL that uses those devices, kept between prompts, and closed when no MODEL
+uses it any more (ComfyUI unloaded the MODEL, or it was garbage-collected), on POST /free,
+or when the server exits.
+"""
+import logging
+import weakref
+
+import torch
+
+from ...parallel.devices import storage_device
+from ...parallel.launch import WorkerGroup, WorkerGroupConfig
+from ...parallel.pool import POOL, weights_identity
+from ...parallel.worker_runtime import to_cpu
+from ...utils.errors import Cancelled
+from ..comfy import management as host
+from ..wan.family import wan_spec
+
+WORKER_FN = "models.multi_gpu.distributed_worker"
+log = logging.getLogger(__name__)
+
+
+def cfg_degree_for(world: int) -> int:
+    """CFG groups for `world` ranks: the cond / uncond pair split over two halves from 4 ranks on."""
+    return 2 if world >= 4 and world % 2 == 0 else 1
+
+
+class _Lease:
+    """A runner's hold on a pooled worker group and its shared weights there; released once."""
+
+    def __init__(self, key: tuple, config: WorkerGroupConfig):
+        self.key, self.config = key, config
+        self.group: WorkerGroup | None = None
+
+    def get(self) -> WorkerGroup:
+        if self.group is None or self.key not in POOL:
+            self.group = POOL.acquire(self.key, self.config)
+        return self.group
+
+    @property
+    def weights(self):
+        """The shared copy of the model these workers were given (None before the first call)."""
+        return POOL.weights_of(self.key, id(self))
+
+    def release(self) -> None:
+        if self.group is not None:
+            self.group = None
+            POOL.drop_weights(self.key, id(self))
+            POOL.release(self.key)
+
+
+class DistributedRunner:
+    """DIFFUSION_MODEL wrapper: every call runs in the workers (Ulysses + CFG split)."""
+
+    def __init__(self, devices, spec: dict):
+        names = [str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices]
+        config = WorkerGroupConfig(devices=names, comfyui_dir=str(host.comfyui_dir()))
+        self.spec = spec
+        self.cfg_degree = cfg_degree_for(len(names))
+        self.lease = _Lease(("wan_distributed", tuple(names), config.comfyui_dir), config)
+        self._finalizer = weakref.finalize(self, self.lease.release)
+
+    def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None,
+                 transformer_options={}, **kwargs):
+        group = self.lease.get()
+        token = self._load(group, executor.class_obj)
+        inputs = {"x": x, "timestep": timestep, "context": context, "clip_fea": clip_fea,
+                  "time_dim_concat": time_dim_concat, "kwargs": kwargs,
+                  "rope_options": transformer_options.get("rope_options")}
+        results = self._call(group, "forward", token, to_cpu(inputs))
+        return self._combine(results, x.shape[0]).to(device=x.device)
+
+    def _call(self, group: WorkerGroup, fn: str, *args) -> list:
+        """group.call with ComfyUI's cancel button polled; a cancel becomes ComfyUI's interrupt."""
+        try:
+            return group.call(f"{WORKER_FN}:{fn}", *args, should_cancel=host.interrupted)
+        except Cancelled as cancelled:
+            raise host.INTERRUPT() from cancelled
+
+    def _load(self, group: WorkerGroup, module: torch.nn.Module) -> str:
+        """Share the model's current weights and load them in the workers, unless they already hold them.
+
+        Several MODELs may share one group (Wan 2.2's high / low noise pair): the pool knows
+        which model the workers hold, and a switch reloads from this runner's shared copy.
+        """
+        identity = weights_identity(module)
+        token = f"{id(module):x}-{hash(identity) & 0xFFFFFFFF:x}"
+        group.start()
+        if POOL.holds(self.lease.key, token):
+            return token
+        weights = POOL.shared(self.lease.key, id(self.lease), identity, module.state_dict)
+        self._call(group, "load_model", self.spec, weights, token, self.cfg_degree)
+        POOL.mark_loaded(self.lease.key, token)
+        return token
+
+    def _combine(self, results: list, batch: int) -> torch.Tensor:
+        """The output rows from each sequence group's first rank, in batch order."""
+        size = len(results) // self.cfg_degree
+        if self.cfg_degree > 1 and batch % self.cfg_degree == 0:
+            return torch.cat([results[g * size] for g in range(self.cfg_degree)], dim=0)
+        return results[0]
+
+    @property
+    def pids(self) -> list[int]:
+        return self.lease.group.pids if self.lease.group is not None else []
+
+    def close(self) -> None:
+        """Let go of the workers (closed when no other MODEL uses them) and the shared weights."""
+        self.lease.release()
+
+    def on_detach(self, _patcher, unpatch_all: bool) -> None:
+        """ComfyUI unloaded the model: the workers and shared weights go with it."""
+        if unpatch_all:
+            self.close()
+
+
+def distributed_runner(patcher) -> DistributedRunner:
+    """The runner for a Multi-GPU patcher whose mode is distributed."""
+    runner = DistributedRunner(patcher.multi_gpu.devices, wan_spec(patcher).to_message())
+    log.info("distributed: %d workers, %d CFG group(s) of %d sequence ranks", len(runner.lease.config.devices),
+             runner.cfg_degree, len(runner.lease.config.devices) // runner.cfg_degree)
+    return runner
