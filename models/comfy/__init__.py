@@ -9,7 +9,7 @@ ComfyUI and fails naming any `always` item that is missing; `optional` items are
 run time (the adapter falls back as the last columns say); `server` items exist only in a
 running server and are covered by the end-to-end tests. The 0.38 column is read from
 Comfy-Org/ComfyUI's source (comfy/model_patcher.py @08d0e510, comfy/model_management.py
-@02b2b388, comfy/sd.py @35ead008, main.py @4f8cf3e2); tests/unit/models/comfy/test_contract_038.py
+@02b2b388, comfy/sd.py @35ead008, main.py @4f8cf3e2); tests/integration/test_host_contract_038.py
 drives the pack's overrides with those call shapes.
 
 | item | needed | why the pack needs it | 0.3.52 | 0.3.75 | 0.38 |
