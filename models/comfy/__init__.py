@@ -18,7 +18,7 @@ drives the pack's overrides with those call shapes.
 | `comfy.model_patcher.ModelPatcher._load_list` | always | blocks the pack places stay out of ComfyUI's list | entries (size, name, module, params) | (offload size, size, name, module, params) | `(for_dynamic, default_device)`; dynamic entries have 6 fields |
 | `comfy.model_patcher.ModelPatcher.clone` | always | the pack's mixin survives clones (LoRA loaders) | `clone()`, builds `self.__class__` | same | keywords `disable_dynamic`, `model_override`, `force_deepcopy`; plain ModelPatcher when non-dynamic |
 | `comfy.model_patcher.ModelPatcher.unpatch_model` | always | undo a block placement | (device_to, unpatch_weights) | same | same |
-| `comfy.model_patcher.ModelPatcher.model_size` | always | ComfyUI frees only the main device's share | yes | yes | yes |
+| `comfy.model_patcher.ModelPatcher.model_size` | always | ComfyUI frees only the main device's share | also called by `__init__` inside `clone()`, before the clone has the pack's settings | cached size passed to the clone | same |
 | `comfy.model_patcher.ModelPatcher.patch_weight_to_device` | always | LoRA applied to each block on its device | (key, device_to, inplace_update) | same | + `return_weight`, `force_cast` |
 | `comfy.model_patcher.ModelPatcher.use_ejected` | always | load with injections ejected, as ComfyUI does | yes | yes | yes |
 | `comfy.model_patcher.ModelPatcher.get_key_patches` | always | original weights + patches for stage workers | yes | yes | yes |
@@ -70,6 +70,7 @@ drives the pack's overrides with those call shapes.
 | `comfy.ops.pick_operations` | always | a worker's Wan with the server's ops | yes | yes | yes |
 | `comfy.ldm.wan.model.WanModel` | always | Wan detection, `blocks`, `head` | yes | yes | yes |
 | `comfy.ldm.wan.model.WanSelfAttention` | always | Ulysses reads q, k, v, o, norm_q, norm_k, num_heads, head_dim | `forward(x, freqs)` | + `transformer_options` | + `attn1_patch`, attention containers |
+| `comfy.ldm.wan.model.repeat_e` | always | per-frame modulation expanded to a token shard exactly as the running Wan does | repeats only when the frames divide the tokens | + the remainder | same |
 | `comfy.ldm.flux.math.apply_rope1` | optional | rotary embedding of q, then k | absent: `apply_rope(q, k, freqs)` | yes | yes |
 | `comfy.ldm.flux.math.apply_rope` | optional | rotary embedding of q and k together | the only one | yes | yes |
 | `comfy.ldm.modules.attention.optimized_attention` | always | attention over the gathered sequence | no `transformer_options` | takes `transformer_options` | same |

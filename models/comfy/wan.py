@@ -16,7 +16,7 @@ ensure_comfy()
 import comfy.ldm.flux.math as flux_math  # noqa: E402
 import comfy.ops  # noqa: E402
 from comfy.ldm.modules.attention import optimized_attention  # noqa: E402
-from comfy.ldm.wan.model import WanModel  # noqa: E402
+from comfy.ldm.wan.model import WanModel, repeat_e  # noqa: E402
 
 BLOCKS = "blocks"  # WanModel's transformer block list
 ROTARY_KWARG = "freqs"  # a Wan block's rotary table, passed by keyword
@@ -32,6 +32,12 @@ def is_wan(diffusion_model) -> bool:
 def is_plain_wan(diffusion_model) -> bool:
     """Exactly WanModel: its forward is the one the sequence-parallel worker hooks into."""
     return type(diffusion_model) is WanModel
+
+
+def expand_modulation(e: torch.Tensor, length: int) -> torch.Tensor:
+    """Per-frame modulation [B, F, ...] repeated to `length` tokens by the running Wan's own `repeat_e`
+    (0.3.52 repeats only when F divides the tokens; 0.3.75+ also covers the remainder)."""
+    return repeat_e(e, e.new_empty((e.shape[0], length, 0)))
 
 
 def rotate_qk(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,7 +76,8 @@ class MultiGPUPatcherMixin(host.PatcherMixin):
     multi_gpu: MultiGPUSettings
 
     def _mode(self) -> str:
-        return self.multi_gpu.parallelism_type
+        settings = getattr(self, "multi_gpu", None)  # absent while 0.3.52's clone() runs __init__
+        return settings.parallelism_type if settings is not None else "none"
 
     def _manages_blocks(self) -> bool:
         return self._mode() in MANAGED_MODES

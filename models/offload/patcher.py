@@ -100,8 +100,9 @@ class OffloadPatcherMixin(host.PatcherMixin):
     CLASS_PREFIX = "Offload"
 
     @property
-    def offload_state(self) -> OffloadState:
-        return self.get_attachment(KEY)
+    def offload_state(self) -> OffloadState | None:
+        """None while 0.3.52's clone() runs __init__, before the clone has its attachments."""
+        return getattr(self, "attachments", {}).get(KEY)
 
     def swapped_blocks(self) -> list[torch.nn.Module]:
         blocks = transformer_blocks(self.model)
@@ -113,6 +114,8 @@ class OffloadPatcherMixin(host.PatcherMixin):
         return planned_peak(sizes, settings.blocks_to_swap, settings.prefetch_blocks, base_bytes=other)
 
     def model_size(self):
+        if self.offload_state is None:
+            return super().model_size()
         return self.planned_resident_bytes()
 
     def _load_list(self, *args, **kwargs):

@@ -21,16 +21,6 @@ from ..comfy import wan as comfy_wan
 from .family import wan_blocks
 
 
-def expand_tokens(e: torch.Tensor, length: int) -> torch.Tensor:
-    """Per-frame modulation [B, F, ...] repeated to per-token [B, length, ...], as Wan's repeat_e does."""
-    if e.size(1) <= 1 or e.size(1) == length:
-        return e
-    repeats = length // e.size(1)
-    if repeats * e.size(1) == length:
-        return torch.repeat_interleave(e, repeats, dim=1)
-    return torch.repeat_interleave(e, repeats + 1, dim=1)[:, :length]
-
-
 class SequenceShard:
     """One rank's place in a sequence group, and the current forward's global token count."""
 
@@ -55,7 +45,7 @@ class SequenceShard:
         """Modulation for the shard: unchanged when shared by all tokens, else this rank's token rows."""
         if e.size(1) <= 1:
             return e
-        return self._cached(e, lambda t: self.split(expand_tokens(t, self.length)))
+        return self._cached(e, lambda t: self.split(comfy_wan.expand_modulation(t, self.length)))
 
     def _cached(self, tensor: torch.Tensor, make) -> torch.Tensor:
         key = id(tensor)

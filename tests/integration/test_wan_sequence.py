@@ -9,7 +9,7 @@ import torch.distributed as dist
 from multi_gpu_helpers import load_wan_layers  # configures ComfyUI for the CPU first
 
 from comfy.ldm.wan.model import repeat_e  # noqa: E402
-from comfyui_parallel.models.wan.sequence import expand_tokens, install_sequence_parallel  # noqa: E402
+from comfyui_parallel.models.wan.sequence import SequenceShard, install_sequence_parallel  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,15 @@ def one_rank_group(tmp_path_factory):
 
 
 @pytest.mark.parametrize("frames, length", [(3, 48), (3, 50), (1, 7), (5, 5)])
-def test_expand_tokens_matches_wans_repeat_e(frames, length):
+def test_per_token_modulation_shards_join_to_wans_repeat_e(frames, length):
     e = torch.randn(2, frames, 6, 4)
-    assert torch.equal(expand_tokens(e, length), repeat_e(e, torch.empty(2, length, 1)) if frames > 1 else e)
+    shards = []
+    for rank in range(2):
+        shard = SequenceShard(rank, 2, group=None)
+        shard.begin(length)
+        shards.append(shard.per_token(e))
+    joined = torch.cat(shards, dim=1)[:, :length] if frames > 1 else shards[0]  # the last shard is padded
+    assert torch.equal(joined, repeat_e(e, torch.empty(2, length, 1)) if frames > 1 else e)
 
 
 def test_one_rank_sequence_parallel_model_equals_plain(one_rank_group):
