@@ -24,6 +24,7 @@ from ...utils.dataset import Dataset, ImageRecord, encode_png, record_for
 from ...utils.errors import Cancelled
 from ...utils.prompts import ImageTask
 from ..comfy.loaders import load_weights_file
+from ..comfy.patcher import non_dynamic
 from .generate import GenerateSettings, Pipeline, load_pipeline, timed_generate, with_data_parallel
 
 MODES = ("multi_process", "data_parallel", "single")
@@ -140,6 +141,7 @@ def run_in_process(job: BatchJob, batches: list[list[ImageTask]], dataset: Datas
     if job.devices[0].type == "cuda":
         model.load_device = job.devices[0]
     if job.mode == "data_parallel" and len(job.devices) > 1:
+        model = non_dynamic(model, "data_parallel", "each replica copies the weights, with LoRA applied")
         model, parallel = with_data_parallel(model, job.devices)
     runner = replace(pipeline, model=model)
     settings = job.settings.as_dict()

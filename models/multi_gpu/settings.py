@@ -13,7 +13,7 @@ import torch
 from ...parallel.devices import free_bytes, parse_gpu_ids
 from ...parallel.plan import GIB, recommend
 from ...utils.errors import InputError
-from ..comfy.patcher import non_dynamic
+from ..comfy.patcher import is_dynamic, non_dynamic
 from ..wan.family import is_wan, require_wan
 from .patcher import MultiGPUSettings, as_multi_gpu
 from .wrappers import attach_runners
@@ -113,6 +113,9 @@ def apply_multi_gpu(model_patcher, settings: MultiGPUSettings):
     mode = settings.parallelism_type
     if mode != "none":
         model_patcher = non_dynamic(model_patcher, mode, "it moves or copies the weights itself, with LoRA applied")
+    elif is_dynamic(model_patcher):
+        log.info("ComfyUI-Parallel none: this MODEL uses ComfyUI's Dynamic VRAM and keeps it (one device: "
+                 "ComfyUI's own loading, weights paged in per op)")
     patched = as_multi_gpu(model_patcher, settings)
     attach_runners(patched)
     log.info("MultiGPU: %s on %s%s", settings.parallelism_type, ", ".join(map(str, settings.devices)),

@@ -93,16 +93,21 @@ def test_cancel_method_from_callback(group):
 
 
 class Interrupt(Exception):
-    """Stands in for ComfyUI's InterruptProcessingException raised from a progress callback."""
+    """Stands in for ComfyUI 0.3.x's InterruptProcessingException raised from a progress callback."""
 
 
-def test_exception_in_a_callback_stops_the_workers_and_keeps_the_group(group):
+class Interrupt038(BaseException):
+    """ComfyUI 0.38's InterruptProcessingException is a BaseException (comfy/model_management.py @02b2b388)."""
+
+
+@pytest.mark.parametrize("interrupt_type", [Interrupt, Interrupt038])
+def test_exception_in_a_callback_stops_the_workers_and_keeps_the_group(group, interrupt_type):
     pids = group.pids
 
     def interrupt(rank, done, total):
-        raise Interrupt()
+        raise interrupt_type()
 
-    with pytest.raises(Interrupt):
+    with pytest.raises(interrupt_type):
         group.call(f"{FNS}:steps_until_cancelled", 10_000, True, on_progress=interrupt)
     assert group.alive() and group.pids == pids
     assert group.call(f"{FNS}:count_state")

@@ -1,5 +1,6 @@
 """Multi-GPU and Offload both manage where blocks live: one MODEL carries only one of them."""
 import pytest
+import torch
 
 from comfyui_parallel.models.comfy.runtime import ensure_comfy
 
@@ -24,8 +25,9 @@ def test_one_class_per_base_and_mixin_and_idempotent():
 @pytest.mark.parametrize("have, add", [(OffloadPatcherMixin, MultiGPUPatcherMixin),
                                        (MultiGPUPatcherMixin, OffloadPatcherMixin)])
 def test_the_other_block_manager_is_refused_naming_the_model_input(have, add):
-    patcher = object.__new__(with_mixin(BASE, have))
+    patcher = BASE(torch.nn.Module(), torch.device("cpu"), torch.device("cpu"))
+    patcher.__class__ = with_mixin(BASE, have)
     with pytest.raises(InputError, match=rf"^model: comes from the {have.BLOCK_MANAGER} nodes"):
         refuse_other_block_manager(patcher, add)
     refuse_other_block_manager(patcher, have)  # re-applying the same kind is allowed
-    refuse_other_block_manager(object.__new__(BASE), add)
+    refuse_other_block_manager(BASE(torch.nn.Module(), torch.device("cpu"), torch.device("cpu")), add)
