@@ -24,6 +24,7 @@ def run() -> dict:
     from comfyui_parallel.models.svd_pipeline import server as pipeline_run
     from comfyui_parallel.models.comfy.runtime import find_comfyui_dir
     from comfyui_parallel.parallel.pipeline import ideal_speedup
+    from comfyui_parallel.parallel.pool import POOL
     from devtools.tiny_svd import tiny_svd_conditioning, tiny_svd_model
 
     torch.set_num_threads(1)
@@ -47,7 +48,7 @@ def run() -> dict:
                 if seconds < best[stages]:
                     best[stages], outputs[stages] = seconds, result
     finally:
-        pipeline_run.GROUPS.close_all()
+        POOL.close_feature(pipeline_run.FEATURE)
     assert torch.equal(outputs[1].samples, outputs[2].samples), "pipelined videos differ from the single stage"
     speedup = best[1] / best[2]
     ideal = ideal_speedup(2, VIDEOS)
