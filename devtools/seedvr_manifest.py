@@ -2,7 +2,7 @@
 
 `make seedvr-manifest` (python -m devtools.seedvr_manifest) writes out/seedvr/
 {seedvr_dit_3b,seedvr_dit_7b,seedvr_vae}.tsv: one line per state_dict entry, in order,
-"name<TAB>shape<TAB>dtype", in the format of the reference manifests in shared/seedvr/.
+"name<TAB>shape<TAB>dtype", in the format of the reference manifests in tests/data/seedvr/.
 The DiTs are listed in float32 (their construction dtype), the VAE in bfloat16 (the reference
 casts it before loading), as the reference manifests are.
 """

@@ -2,7 +2,7 @@
 
 The numbers come from the public ByteDance-Seed/SeedVR configs (configs_3b/main.yaml,
 configs_7b/main.yaml, models/video_vae_v3/s8_c16_t4_inflation_sd3.yaml); see
-shared/seedvr/NOTES.md. Small configs of the same shape families are used by tests and the demo.
+tests/data/seedvr/NOTES.md. Small configs of the same shape families are used by tests and the demo.
 """
 from dataclasses import dataclass, field, replace
 

@@ -1,6 +1,6 @@
 """NaDiT, the SeedVR / SeedVR2 diffusion transformer (3B: dit_v2 tree, 7B: dit tree).
 
-Written from the architecture facts in shared/seedvr/NOTES.md; module and parameter names
+Written from the architecture facts in tests/data/seedvr/NOTES.md; module and parameter names
 follow the official checkpoints exactly, so their state_dicts load with strict matching.
 One video per call: `vid` is a [T, H, W, 33] latent grid (noisy latent, low-res latent, mask),
 `txt` a [L, txt_in_dim] text embedding, `timestep` a float on the 0..1000 scale.
@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import DiTConfig
 from .rope import MMRope3d, PixelRope3d, rotate_interleaved
-from .window import make_windows
+from .window import group_windows, make_windows
 
 
 class RMSNorm(nn.Module):
@@ -110,12 +110,18 @@ class GeluMLP(nn.Module):
 
 
 class WindowAttention(nn.Module):
-    """Joint video+text attention inside each window; text attends per window and is averaged."""
+    """Joint video+text attention inside each window; text attends per window and is averaged.
+
+    Windows of equal shape (all inner windows, and each kind of border window) share their
+    rotary angles and are computed in one batched attention call (`grouped`); with `grouped`
+    False every window is its own call, as the reference loops over its varlen segments.
+    """
 
     def __init__(self, cfg: DiTConfig, shared: bool, shifted: bool):
         super().__init__()
         dim, inner = cfg.vid_dim, cfg.heads * cfg.head_dim
         self.cfg, self.shifted = cfg, shifted
+        self.grouped = True
         self.proj_qkv = MM(lambda: nn.Linear(dim, 3 * inner, bias=False), shared)
         self.proj_out = MM(lambda: nn.Linear(inner, dim), shared)
         self.norm_q = MM(lambda: RMSNorm(cfg.head_dim, cfg.norm_eps, True), shared)
@@ -133,36 +139,44 @@ class WindowAttention(nn.Module):
         """vid [T, H, W, dim], txt [L, dim] -> same shapes."""
         grid = tuple(vid.shape[:3])
         vq, vk, vv = self._qkv(vid.reshape(-1, vid.shape[-1]), "vid")
-        tq, tk, tv = self._qkv(txt, "txt")
+        text = self._qkv(txt, "txt")
         text_len = txt.shape[0]
         if self.rope.mm:
             angles = self.rope.text_angles(text_len)
-            tq, tk = rotate_interleaved(tq, angles), rotate_interleaved(tk, angles)
+            text = (rotate_interleaved(text[0], angles), rotate_interleaved(text[1], angles), text[2])
         vq, vk, vv = (x.unflatten(0, grid) for x in (vq, vk, vv))
         vid_out = torch.empty_like(vv)
-        txt_sum = torch.zeros_like(tv, dtype=torch.float32)
+        txt_sum = torch.zeros_like(text[2], dtype=torch.float32)
         windows = make_windows(grid, self.cfg.window, self.shifted)
-        for window in windows:
-            shape = tuple(vq[window].shape[:3])
+        for shape, group in group_windows(windows, grid, self.grouped):
             angles = self.rope.video_angles(shape, text_len)
-            wq, wk, wv = (x[window].reshape(-1, *x.shape[3:]) for x in (vq, vk, vv))
+            wq, wk, wv = (torch.stack([x[w] for w in group]).flatten(1, 3) for x in (vq, vk, vv))
             wq, wk = rotate_interleaved(wq, angles), rotate_interleaved(wk, angles)
-            out = self._attend(torch.cat((wq, tq)), torch.cat((wk, tk)), torch.cat((wv, tv)))
-            vid_out[window] = out[: wq.shape[0]].unflatten(0, shape)
-            txt_sum += out[wq.shape[0]:].float()
-        txt_out = (txt_sum / len(windows)).to(tv.dtype)
+            joint = [torch.cat((w, t.expand(len(group), *t.shape)), dim=1) for w, t in zip((wq, wk, wv), text)]
+            out = self._attend(*joint)
+            size = wq.shape[1]
+            for window, part in zip(group, out[:, :size]):
+                vid_out[window] = part.unflatten(0, shape)
+            txt_sum += out[:, size:].float().sum(0)
+        txt_out = (txt_sum / len(windows)).to(text[2].dtype)
         vid_out = vid_out.flatten(-2).reshape(*grid, -1)
         return self.proj_out(vid_out, txt_out.flatten(-2))
 
     @staticmethod
     def _attend(q, k, v):
-        """Full attention over one window's tokens: [L, heads, D] -> [L, heads, D]."""
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
-        return out.transpose(0, 1)
+        """Full attention within each window: [n, L, heads, D] -> [n, L, heads, D]."""
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
 
 
 class Block(nn.Module):
-    """Pre-norm MM-DiT block: norm -> ada in -> window attention -> ada out -> residual, then MLP."""
+    """Pre-norm MM-DiT block: norm -> ada in -> window attention -> ada out -> residual, then MLP.
+
+    The last block computes no text MLP (`vid_only` mlp_norm / mlp in the reference). In the 3B
+    tree its `ada` is `vid_only` too (models/dit_v2/nablocks/mmsr_block.py, mm.py): the text
+    enters attention as the plain normalised text, unmodulated, and its attention output is not
+    gated. The video attends to those text keys / values, so this changes the video output.
+    """
 
     def __init__(self, cfg: DiTConfig, index: int):
         super().__init__()
@@ -170,6 +184,7 @@ class Block(nn.Module):
         last = index == cfg.num_layers - 1
         dim = cfg.vid_dim
         self.is_last = last
+        self.modulates_text = not (last and cfg.family == "v2")
         self.attn_norm = MM(lambda: RMSNorm(dim, cfg.norm_eps, False), shared)
         self.attn = WindowAttention(cfg, shared, shifted=index % 2 == 1)
         self.mlp_norm = MM(lambda: RMSNorm(dim, cfg.norm_eps, False), shared, vid_only=last)
@@ -178,12 +193,13 @@ class Block(nn.Module):
         self.ada = MM(lambda: AdaSingle(dim, ("attn", "mlp")), shared)
 
     def _ada(self, branch, hid, emb, layer, mode):
+        if branch == "txt" and not self.modulates_text:
+            return hid
         ada = self.ada.pick(branch)
         slot = emb_slot(emb, ada.layers.index(layer))
         return ada.modulate_in(hid, slot, layer) if mode == "in" else ada.modulate_out(hid, slot, layer)
 
     def forward(self, vid, txt, emb):
-        """The last block skips the text MLP: text is not read after it (same video output)."""
         v, t = self.attn_norm(vid, txt)
         v, t = self._ada("vid", v, emb, "attn", "in"), self._ada("txt", t, emb, "attn", "in")
         v, t = self.attn(v, t)

@@ -2,7 +2,7 @@
 
 Follows the reference inference scripts: NaResize to the area res_h * res_w keeping the aspect
 ratio (bicubic, antialiased; small inputs are upscaled), clamp to [0, 1], centre crop to
-multiples of 16, normalise to [-1, 1]; frame counts are padded with the last frame to 4n+1.
+multiples of 16 (torchvision's rounding), normalise to [-1, 1]; frame counts are padded with the last frame to 4n+1.
 """
 import math
 from dataclasses import dataclass
@@ -38,8 +38,14 @@ def preprocess(images: torch.Tensor, res_h: int, res_w: int) -> torch.Tensor:
         frames = F.interpolate(frames, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
     frames = frames.clamp(0, 1)
     h16, w16 = h // 16 * 16, w // 16 * 16
-    top, left = (h - h16) // 2, (w - w16) // 2
+    top, left = crop_offsets(h, w)
     return frames[:, :, top:top + h16, left:left + w16] * 2 - 1
+
+
+def crop_offsets(height: int, width: int) -> tuple:
+    """(top, left) of the centre crop to multiples of 16, as torchvision's `center_crop`:
+    int(round(excess / 2)), halves to even (831 rows -> 816: top 8, not 7)."""
+    return int(round((height - height // 16 * 16) / 2)), int(round((width - width // 16 * 16) / 2))
 
 
 def padded_length(frames: int) -> int:

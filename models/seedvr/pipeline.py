@@ -2,7 +2,9 @@
 
 Phases run over all chunks in turn so each model moves at most twice per run: the VAE encodes
 every chunk, then the DiT samples every chunk (the VAE waits in host memory, the DiT's blocks
-swap when `blocks_to_swap` > 0), then the VAE decodes every chunk.
+swap when `blocks_to_swap` > 0), then the VAE decodes every chunk. Chunks are independent (each
+draws its noise from its own seed), so `process_chunks` runs any subset of them: all on one
+device (`upscale`), or a share per device in the multi-GPU workers (multi_gpu_server.py).
 """
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from .color_fix import METHODS, color_fix
 from .config import SamplerConfig
 from .dit import NaDiT
 from .frames import blend_chunks, check_chunking, make_chunks, pad_frames, preprocess
-from .sampling import add_noise, cfg_combine, condition_noise_timestep, euler_sample
+from .sampling import cfg_combine, euler_sample, sampling_timesteps, sr_condition
 from .vae import VideoVAE
 
 
@@ -31,6 +33,7 @@ class SeedVRModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     offload_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     blocks_to_swap: int = 0
+    embeddings: dict = field(default_factory=dict)  # baked into the checkpoint: {"positive": ..., "negative": ...}
 
 
 @dataclass
@@ -63,14 +66,17 @@ class Hooks:
     check_cancel: Callable[[], None] = lambda: None
 
 
-def check_embedding(emb: torch.Tensor | None, dit: NaDiT, input_name: str) -> torch.Tensor:
-    """A text embedding [tokens, width] whose width the DiT's txt_in takes."""
+def check_embedding(emb: torch.Tensor | None, model: SeedVRModel, input_name: str) -> torch.Tensor:
+    """A text embedding [tokens, width] whose width the DiT's txt_in takes; without one given,
+    the checkpoint's own (Comfy-Org's repackaged files carry positive / negative conditioning)."""
     if emb is None:
-        raise InputError(input_name, "no text embedding was given",
+        emb = model.embeddings.get(input_name)
+    if emb is None:
+        raise InputError(input_name, "no text embedding was given and the checkpoint carries none",
                          "CONDITIONING from LoadConditioningFile (e.g. the official pos_emb.pt / neg_emb.pt)")
     if emb.ndim == 3 and emb.shape[0] == 1:
         emb = emb[0]
-    width = dit.cfg.txt_in_dim
+    width = model.dit.cfg.txt_in_dim
     if emb.ndim != 2 or emb.shape[-1] != width or emb.shape[0] == 0:
         raise InputError(input_name, f"embedding of shape {tuple(emb.shape)} does not fit this DiT",
                          f"[tokens, {width}] (SeedVR's text embeddings are {width} wide)")
@@ -108,31 +114,22 @@ def vae_on_device(model: SeedVRModel):
             torch.cuda.empty_cache()
 
 
-def chunk_generators(seed: int, count: int) -> list:
-    """One generator per chunk (seed + index): a chunk's noise does not depend on how many chunks
-    there are. Each draws, in the reference's order, the posterior sample, the noise, the
-    conditioning-augmentation noise."""
-    return [torch.Generator().manual_seed((seed + i) % 2 ** 64) for i in range(count)]
+def chunk_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of chunk `index` (seed + index): a chunk's noise depends neither on how many
+    chunks there are nor on which device runs it. It draws, in the reference's order, the
+    posterior sample, the noise, the conditioning-augmentation noise."""
+    return torch.Generator().manual_seed((seed + index) % 2 ** 64)
 
 
-def _encode_chunks(model, video, chunks, generators, hooks) -> list:
+def _encode_chunks(model, clips, generators, hooks) -> list:
     latents = []
     with vae_on_device(model) as vae, torch.no_grad():
-        for chunk, generator in zip(chunks, generators):
+        for clip, generator in zip(clips, generators):
             hooks.check_cancel()
-            frames = pad_frames(video[chunk.start:chunk.stop])
-            pixels = frames.permute(1, 0, 2, 3)[None].to(model.device)
+            pixels = pad_frames(clip).permute(1, 0, 2, 3)[None].to(model.device)
             latent = vae.encode(pixels, generator=generator)
             latents.append(latent[0].permute(1, 2, 3, 0).cpu())
     return latents
-
-
-def _condition(latent: torch.Tensor, cond_noise_scale: float, generator) -> torch.Tensor:
-    """[t, h, w, 16] low-res latent (noise-augmented for SeedVR v1) + a mask channel of 1."""
-    aug_noise = torch.randn(latent.shape, generator=generator)
-    if cond_noise_scale > 0:
-        latent = add_noise(latent, aug_noise, condition_noise_timestep(cond_noise_scale, tuple(latent.shape)))
-    return torch.cat((latent, torch.ones_like(latent[..., :1])), dim=-1)
 
 
 def _sample_chunks(model, latents, pos, neg, settings, generators, hooks) -> list:
@@ -140,14 +137,15 @@ def _sample_chunks(model, latents, pos, neg, settings, generators, hooks) -> lis
     noise_scale = settings.cond_noise_scale
     if noise_scale is None:
         noise_scale = model.sampler.cond_noise_scale
-    total = steps * len(latents)
+    calls = len(sampling_timesteps(steps))
+    total = calls * len(latents)
     results = []
     with dit_on_device(model), torch.no_grad():
         device = model.device
         pos, neg = pos.to(device), (neg.to(device) if cfg != 1.0 else None)
         for index, (latent, generator) in enumerate(zip(latents, generators)):
             noise = torch.randn(latent.shape, generator=generator)
-            cond = _condition(latent, noise_scale, generator).to(device)
+            cond = sr_condition(latent, torch.randn(latent.shape, generator=generator), noise_scale).to(device)
 
             def velocity(x_t, t):
                 hooks.check_cancel()
@@ -156,37 +154,66 @@ def _sample_chunks(model, latents, pos, neg, settings, generators, hooks) -> lis
                 v_neg = model.dit(vid, neg, t) if neg is not None else None
                 return cfg_combine(v_pos.float(), None if v_neg is None else v_neg.float(), cfg)
 
-            on_step = lambda done, _n, i=index: hooks.progress(i * steps + done, total)
+            on_step = lambda done, _n, i=index: hooks.progress(i * calls + done, total)
             results.append(euler_sample(noise.to(device), velocity, steps, on_step).cpu())
     return results
 
 
-def _decode_chunks(model, samples, chunks, video, settings, hooks) -> list:
+def _decode_chunks(model, samples, clips, settings, hooks) -> list:
     parts = []
     with vae_on_device(model) as vae, torch.no_grad():
-        for sample, chunk in zip(samples, chunks):
+        for sample, clip in zip(samples, clips):
             hooks.check_cancel()
             decoded = vae.decode(sample.permute(3, 0, 1, 2)[None].to(model.device))[0].cpu()
-            n = chunk.stop - chunk.start
-            frames = decoded.permute(1, 0, 2, 3)[:n]
-            frames = color_fix(frames, video[chunk.start:chunk.stop], settings.color_fix)
-            parts.append(frames.clamp(-1, 1))
+            frames = decoded.permute(1, 0, 2, 3)[:clip.shape[0]]
+            parts.append(color_fix(frames, clip, settings.color_fix).clamp(-1, 1))
     return parts
 
 
-def upscale(model: SeedVRModel, images: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None,
+@dataclass
+class Prepared:
+    """The checked inputs of one upscale: frames at the target size [N, 3, h, w] in [-1, 1],
+    their chunks, and the text embeddings."""
+
+    video: torch.Tensor
+    chunks: list
+    pos: torch.Tensor
+    neg: torch.Tensor | None
+
+    def clips(self, indices) -> list:
+        return [self.video[self.chunks[i].start:self.chunks[i].stop] for i in indices]
+
+
+def prepare(model: SeedVRModel, images: torch.Tensor, pos: torch.Tensor | None, neg: torch.Tensor | None,
+            settings: UpscaleSettings) -> Prepared:
+    settings.check()
+    pos = check_embedding(pos, model, "positive")
+    neg = check_embedding(neg, model, "negative") if settings.cfg_scale != 1.0 else None
+    video = preprocess(images, settings.res_h, settings.res_w)
+    return Prepared(video, make_chunks(video.shape[0], settings.batch_size, settings.temporal_overlap), pos, neg)
+
+
+def process_chunks(model: SeedVRModel, clips: list, indices: list, pos, neg, settings: UpscaleSettings,
+                   hooks: Hooks = Hooks()) -> list:
+    """Restore the chunks `indices` (their frames `clips`): decoded, colour-fixed frames in [-1, 1]."""
+    generators = [chunk_generator(settings.seed, i) for i in indices]
+    latents = _encode_chunks(model, clips, generators, hooks)
+    samples = _sample_chunks(model, latents, pos, neg, settings, generators, hooks)
+    return _decode_chunks(model, samples, clips, settings, hooks)
+
+
+def merge(parts: list, prepared: Prepared) -> torch.Tensor:
+    """Per-chunk outputs -> IMAGE [N, h, w, 3] in [0, 1], overlaps cross-faded."""
+    out = blend_chunks(parts, prepared.chunks, prepared.video.shape[0])
+    return (out * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+
+def upscale(model: SeedVRModel, images: torch.Tensor, pos: torch.Tensor | None, neg: torch.Tensor | None,
             settings: UpscaleSettings, hooks: Hooks = Hooks()) -> torch.Tensor:
     """IMAGE frames [N, H, W, 3] in [0, 1] -> restored frames [N, h, w, 3] at the target area
-    (h, w multiples of 16). `neg` is only needed when cfg_scale != 1."""
-    settings.check()
-    pos = check_embedding(pos, model.dit, "positive")
-    if settings.cfg_scale != 1.0:
-        neg = check_embedding(neg, model.dit, "negative")
-    video = preprocess(images, settings.res_h, settings.res_w)
-    chunks = make_chunks(video.shape[0], settings.batch_size, settings.temporal_overlap)
-    generators = chunk_generators(settings.seed, len(chunks))
-    latents = _encode_chunks(model, video, chunks, generators, hooks)
-    samples = _sample_chunks(model, latents, pos, neg, settings, generators, hooks)
-    parts = _decode_chunks(model, samples, chunks, video, settings, hooks)
-    out = blend_chunks(parts, chunks, video.shape[0])
-    return (out * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+    (h, w multiples of 16). `neg` is only needed when cfg_scale != 1; either may be None when the
+    checkpoint carries its own embeddings."""
+    prepared = prepare(model, images, pos, neg, settings)
+    indices = list(range(len(prepared.chunks)))
+    parts = process_chunks(model, prepared.clips(indices), indices, prepared.pos, prepared.neg, settings, hooks)
+    return merge(parts, prepared)

@@ -14,7 +14,7 @@ from torch import nn
 def rotate_interleaved(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (0,1), (2,3), ... of the first angles.shape[-1] dims of x by `angles`.
 
-    x: [L, heads, D]; angles: [L, R] with R even (each angle repeated for its pair).
+    x: [..., L, heads, D] (any leading batch of windows); angles: [L, R] with R even (each angle repeated for its pair).
     Computed in float32 as the reference does, returned in x's dtype.
     """
     rot = angles.shape[-1]

@@ -13,10 +13,12 @@ T = 1000.0
 
 
 def sampling_timesteps(steps: int) -> torch.Tensor:
-    """arange(1, 0, -1/steps) * 1000: [1000.] for SeedVR2's one step, 1000..20 for 50 steps."""
+    """The reference's float32 `arange(1, 0, -1/steps) * 1000`: [1000.] for SeedVR2's one step,
+    1000..20 for 50 steps. Kept as the reference computes it: for some counts (49, 98) float32
+    rounding yields steps + 1 values, the last ~8e-11, and the sampler makes one more call."""
     if steps < 1:
         raise ValueError("sample_steps must be at least 1")
-    return torch.arange(steps, 0, -1, dtype=torch.float64).div(steps).mul(T).float()
+    return torch.arange(1.0, 0.0, -1.0 / steps, dtype=torch.float32) * T
 
 
 def _lin(x1, y1, x2, y2):
@@ -54,6 +56,14 @@ def condition_noise_timestep(cond_noise_scale: float, latent_thwc: tuple) -> flo
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:
     """Schedule forward: (1 - t/T) x0 + (t/T) noise."""
     return (1 - t / T) * x0 + (t / T) * noise
+
+
+def sr_condition(latent: torch.Tensor, aug_noise: torch.Tensor, cond_noise_scale: float) -> torch.Tensor:
+    """[t, h, w, 16] low-res latent -> [t, h, w, 17] DiT condition: the latent noise-augmented at
+    the conditioning timestep (SeedVR v1; scale 0 leaves it clean), then a mask channel of ones."""
+    if cond_noise_scale > 0:
+        latent = add_noise(latent, aug_noise, condition_noise_timestep(cond_noise_scale, tuple(latent.shape)))
+    return torch.cat((latent, torch.ones_like(latent[..., :1])), dim=-1)
 
 
 def cfg_combine(pos: torch.Tensor, neg: torch.Tensor | None, scale: float) -> torch.Tensor:

@@ -41,3 +41,18 @@ def make_windows(size: tuple, counts: tuple, shifted: bool) -> list:
     sizes = window_sizes(size, counts)
     t_sl, h_sl, w_sl = (_axis_slices(n, s, shifted) for n, s in zip(size, sizes))
     return [(st, sh, sw) for sw in w_sl for sh in h_sl for st in t_sl]
+
+
+def window_shape(window: Window, size: tuple) -> tuple:
+    """(t, h, w) extent of one window inside a grid of `size`."""
+    return tuple(len(range(*axis.indices(n))) for axis, n in zip(window, size))
+
+
+def group_windows(windows: list, size: tuple, grouped: bool = True) -> list:
+    """[(shape, windows of that shape)] in first-seen order; one window per entry when not grouped."""
+    if not grouped:
+        return [(window_shape(w, size), [w]) for w in windows]
+    groups: dict = {}
+    for window in windows:
+        groups.setdefault(window_shape(window, size), []).append(window)
+    return list(groups.items())

@@ -7,7 +7,7 @@ import torch
 from comfyui_parallel.models.seedvr import build, config
 from comfyui_parallel.models.seedvr.dit import NaDiT, emb_slot
 from comfyui_parallel.models.seedvr.rope import MMRope3d, PixelRope3d
-from comfyui_parallel.models.seedvr.window import make_windows, window_sizes
+from comfyui_parallel.models.seedvr.window import group_windows, make_windows, window_shape, window_sizes
 
 
 def _inputs(t=2, h=8, w=12, tokens=5, width=32, seed=0):
@@ -118,3 +118,27 @@ def test_full_size_vae_shapes_on_meta_device():
         latent = vae.encode(torch.empty(1, 3, 9, 32, 48, device="meta"), sample=False)
         assert latent.shape == (1, 16, 3, 4, 6)
         assert vae.decode(latent).shape == (1, 3, 9, 32, 48)
+
+
+def test_windows_grouped_by_shape_cover_the_list_in_few_calls():
+    windows = make_windows((6, 45, 80), (4, 3, 3), shifted=True)
+    groups = group_windows(windows, (6, 45, 80))
+    key = lambda w: tuple((a.start, a.stop) for a in w)
+    assert sorted(key(w) for _, g in groups for w in g) == sorted(key(w) for w in windows)
+    assert sum(len(g) for _, g in groups) == len(windows) == 64
+    assert len(groups) <= 27 and all(window_shape(w, (6, 45, 80)) == s for s, g in groups for w in g)
+    assert len(group_windows(windows, (6, 45, 80), grouped=False)) == 64
+
+
+@pytest.mark.parametrize("family", ["v2", "v1"])
+def test_grouped_window_attention_equals_one_call_per_window(family):
+    """Many windows (a 720p-shaped token grid), regular and shifted layers: the same numbers."""
+    dit = build.random_init_(NaDiT(config.small_dit(family)), seed=5).eval()
+    vid, txt = _inputs(t=3, h=36, w=64, tokens=7)
+    with torch.no_grad():
+        grouped = dit(vid, txt, torch.tensor([700.0]))
+        for block in dit.blocks:
+            block.attn.grouped = False
+        looped = dit(vid, txt, torch.tensor([700.0]))
+    assert len(make_windows((3, 18, 32), (4, 3, 3), shifted=True)) > 9
+    torch.testing.assert_close(grouped, looped, rtol=1e-5, atol=1e-5)
