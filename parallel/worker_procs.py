@@ -4,8 +4,13 @@
 channel listener, the rendezvous store, the local worker processes, one authenticated channel
 per rank and a reader thread that turns incoming messages (and lost connections) into a
 queue the call loop consumes. Kept apart from launch.py so that file holds the public API.
+
+Each incoming connection is authenticated (the group's authkey, both ways) and must say
+hello with a rank of this group within HELLO_TIMEOUT_S, in a thread of its own: a client
+that connects and stays silent, or fails the handshake, cannot stall the others.
 """
 import os
+import pickle
 import queue
 import shutil
 import signal
@@ -16,7 +21,7 @@ import tempfile
 import threading
 import time
 from datetime import timedelta
-from multiprocessing.connection import Listener, wait
+from multiprocessing.connection import AuthenticationError, Listener, answer_challenge, deliver_challenge, wait
 from pathlib import Path
 
 import psutil
@@ -26,6 +31,7 @@ from .worker_runtime import Channel, decode
 
 WORKER_MAIN = Path(__file__).resolve().parent / "worker_main.py"
 CLOSE_WAIT_S = 5.0
+HELLO_TIMEOUT_S = 10.0
 
 
 def loopback_interface() -> str | None:
@@ -53,7 +59,9 @@ class Session:
 
     def __init__(self, world_size: int, control: tuple[str, int], authkey: bytes):
         self.world_size = world_size
-        self.listener = Listener(control, authkey=authkey)
+        self.listener = Listener(control)  # authenticated per connection, off the accept thread
+        self._authkey = authkey
+        self._pending: set = set()
         self.procs: dict[int, subprocess.Popen] = {}
         self.channels: dict[int, Channel] = {}
         self.hellos: dict[int, dict] = {}
@@ -110,7 +118,28 @@ class Session:
             if not self._accepting.is_set():
                 conn.close()
                 return
-            self._accepted.put(conn)
+            self._pending.add(conn)
+            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
+
+    def _handshake(self, conn) -> None:
+        """Authenticate one connection and read its hello; a valid one is queued, anything else closed."""
+        try:
+            deliver_challenge(conn, self._authkey)
+            answer_challenge(conn, self._authkey)
+            hello = decode(conn.recv_bytes()) if conn.poll(HELLO_TIMEOUT_S) else None
+        except (AuthenticationError, EOFError, OSError, ValueError, pickle.UnpicklingError):
+            hello = None
+        finally:
+            self._pending.discard(conn)
+        if self.valid_hello(hello) and self._accepting.is_set():
+            self._accepted.put((conn, hello))
+        else:
+            conn.close()
+
+    def valid_hello(self, hello) -> bool:
+        """A hello naming a rank of this group (an int in range) that has not joined yet."""
+        rank = hello.get("rank") if isinstance(hello, dict) and hello.get("op") == "hello" else None
+        return type(rank) is int and 0 <= rank < self.world_size and rank not in self.channels
 
     def wait_started(self, timeout_s: float) -> None:
         """Wait for every rank's hello and ready; raise WorkerError on a death, failure or timeout."""
@@ -119,15 +148,13 @@ class Session:
             self.check_processes()
             self._check_deadline(deadline, "did not connect")
             try:
-                conn = self._accepted.get(timeout=0.1)
+                conn, hello = self._accepted.get(timeout=0.1)
             except queue.Empty:
                 continue
-            channel = Channel(conn)
-            hello = channel.recv() if conn.poll(timeout_s) else None
-            if not hello or hello.get("op") != "hello" or hello["rank"] in self.channels:
-                channel.close()
+            if not self.valid_hello(hello):  # a second hello for a rank that joined meanwhile
+                conn.close()
                 continue
-            self.channels[hello["rank"]] = channel
+            self.channels[hello["rank"]] = Channel(conn)
             self.hellos[hello["rank"]] = hello
         self._stop_accepting()
         self._start_reader()
@@ -148,8 +175,10 @@ class Session:
                 pass
             self._acceptor.join(timeout=2.0)
         self.listener.close()
+        for conn in list(self._pending):  # silent clients: their handshake threads end here
+            conn.close()
         while not self._accepted.empty():
-            self._accepted.get().close()
+            self._accepted.get()[0].close()
 
     def _check_deadline(self, deadline: float, what: str) -> None:
         if time.monotonic() > deadline:

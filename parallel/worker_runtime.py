@@ -12,8 +12,10 @@ Messages are pickled dicts of plain data and tensors (CPU tensors: results are m
 CPU before sending). Pack classes do not travel by class name, because the pack's module
 name differs between the server (its folder name) and a worker (`comfyui_parallel`); the
 one pack object that travels, SharedWeights, goes as a plain spec (see `encode`).
-Only authenticated peers (the channel's authkey) can send, so unpickling is between trusted
-processes of the same user.
+Decoding runs no code a message names: besides tensors and SharedWeights (persistent ids,
+rebuilt by this module) a message may hold only builtin containers and scalars, torch dtypes,
+torch.device and torch.Size; any other class or function it names is refused (in both
+directions, so neither a worker nor a peer holding the authkey can run code in the server).
 """
 import importlib
 import io
@@ -58,13 +60,26 @@ class _Pickler(pickle.Pickler):
         return None
 
 
+_SAFE_GLOBALS = {("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "slice", "complex",
+                                                 "bytes", "bytearray", "int", "float", "str", "bool", "range")}
+_SAFE_GLOBALS |= {("collections", "OrderedDict"), ("torch", "device"), ("torch", "Size")}
+
+
 class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        """Only the data types messages carry; never a class or function a sender chose."""
+        if (module, name) in _SAFE_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"message refused: it names {module}.{name}, which messages may not carry")
+
     def persistent_load(self, pid):
         if pid[0] == _SHARED_WEIGHTS_TAG:
             return SharedWeights.from_spec(pid[1])
         if pid[0] == _TENSOR_TAG:
             _, dtype_name, shape, data = pid
-            dtype = getattr(torch, dtype_name)
+            dtype = getattr(torch, dtype_name, None)
+            if not isinstance(dtype, torch.dtype):
+                raise pickle.UnpicklingError(f"message refused: {dtype_name!r} is not a torch dtype")
             if not len(data):
                 return torch.empty(shape, dtype=dtype)
             return torch.frombuffer(data, dtype=torch.uint8).view(dtype).view(shape)
