@@ -26,12 +26,15 @@ workers take ranks 0..len(devices)-1; start each remote rank with `group.join_co
 which prints a torchrun-style command to run on the other machine, for example
 
     MASTER_ADDR=10.0.0.5 MASTER_PORT=29500 RANK=2 WORLD_SIZE=3 LOCAL_RANK=0 \\
-    COMFYUI_PARALLEL_CONTROL=10.0.0.5:29501 COMFYUI_PARALLEL_AUTHKEY=<hex key> \\
+    COMFYUI_PARALLEL_CONTROL=10.0.0.5:29501 COMFYUI_PARALLEL_AUTHKEY_FILE=~/.comfyui_parallel/authkey-29501 \\
     COMFYUI_PARALLEL_DEVICE=cuda:0 COMFYUI_DIR=/path/to/ComfyUI \\
     python /path/to/ComfyUI/custom_nodes/ComfyUI-Parallel/parallel/worker_main.py
 
-The same pack version must be installed there; the authkey is a secret (anyone holding it
-can run code in the workers). Remote workers retry connecting until start_timeout_s, so
+The same pack version must be installed there. The command never carries the group's authkey
+(ComfyUI's log, where the node prints it, is served over HTTP): it names a key file, written
+with mode 0600 at `key_file()` when the command is made; copy it to the same path on the other
+machine, or set COMFYUI_PARALLEL_AUTHKEY there (and on the server, to fix the key); close()
+removes the file. Remote workers retry connecting until start_timeout_s, so
 they may be started before or after `group.start()`. Models reach remote workers as a file
 path on a shared disk (shared memory is per machine: see shared_weights.py).
 """
@@ -43,6 +46,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -54,6 +58,7 @@ from .worker_runtime import WorkerContext
 __all__ = ["WorkerGroupConfig", "WorkerGroup", "WorkerContext"]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+KEY_DIR = Path.home() / ".comfyui_parallel"
 
 
 @dataclass
@@ -170,6 +175,7 @@ class WorkerGroup:
         """End every worker (ask, then terminate, then kill) and free the group's resources."""
         self._closed = True
         self._end_session(graceful=True)
+        self._key_path().unlink(missing_ok=True)
 
     def cancel(self) -> None:
         """Cancel the running call (from any thread): it raises Cancelled."""
@@ -186,10 +192,22 @@ class WorkerGroup:
         env = {
             "MASTER_ADDR": self.config.master_addr, "MASTER_PORT": str(self.config.master_port),
             **self._common_env(rank, rank - first_remote, device), "COMFYUI_PARALLEL_CONTROL": f"{host}:{port}",
-            "COMFYUI_DIR": comfyui_dir,
+            "COMFYUI_PARALLEL_AUTHKEY_FILE": str(self.key_file()), "COMFYUI_DIR": comfyui_dir,
         }
         assignments = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
         return f"{assignments} {shlex.quote(python)} {shlex.quote(worker_main or str(WORKER_MAIN))}"
+
+    def key_file(self) -> Path:
+        """The group's authkey in a file only this user can read (mode 0600), for remote workers."""
+        path = self._key_path()
+        KEY_DIR.mkdir(mode=0o700, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(self._authkey.hex())
+        return path
+
+    def _key_path(self) -> Path:
+        return KEY_DIR / f"authkey-{self.config.control[1]}"
 
     def call(self, fn: str, *args, per_rank: list | None = None, on_progress: Callable | None = None,
              on_event: Callable | None = None, should_cancel: Callable | None = None,
@@ -292,7 +310,7 @@ class WorkerGroup:
         config = self.config
         return {
             "RANK": str(rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(local_rank),
-            "COMFYUI_PARALLEL_AUTHKEY": self._authkey.hex(), "COMFYUI_PARALLEL_DEVICE": device,
+            "COMFYUI_PARALLEL_DEVICE": device,
             "COMFYUI_PARALLEL_THREADS": str(config.threads_per_worker),
             "COMFYUI_PARALLEL_HEARTBEAT_S": str(config.heartbeat_s),
             "COMFYUI_PARALLEL_START_TIMEOUT_S": str(config.start_timeout_s),
@@ -300,7 +318,8 @@ class WorkerGroup:
 
     def _worker_env(self, rank: int, device: str, rendezvous: dict, control: tuple[str, int]) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(self.config.threads_per_worker), **rendezvous,
-               **self._common_env(rank, rank, device), "COMFYUI_PARALLEL_CONTROL": f"{control[0]}:{control[1]}"}
+               **self._common_env(rank, rank, device), "COMFYUI_PARALLEL_CONTROL": f"{control[0]}:{control[1]}",
+               "COMFYUI_PARALLEL_AUTHKEY": self._authkey.hex()}  # local children only, never printed
         if self.config.comfyui_dir:
             env["COMFYUI_DIR"] = str(self.config.comfyui_dir)
         if self.config.is_local and sys.platform != "win32":

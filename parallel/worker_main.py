@@ -26,6 +26,8 @@ def connect(env=os.environ):
     """Connect to the caller's channel, retrying until the start timeout (machines start in
     any order), and say hello. Messages here are plain pickled dicts."""
     host, _, port = env["COMFYUI_PARALLEL_CONTROL"].rpartition(":")
+    if "COMFYUI_PARALLEL_AUTHKEY" not in env:  # a remote worker: the key from its file, for this process
+        env["COMFYUI_PARALLEL_AUTHKEY"] = Path(env["COMFYUI_PARALLEL_AUTHKEY_FILE"]).expanduser().read_text().strip()
     deadline = time.monotonic() + float(env.get("COMFYUI_PARALLEL_START_TIMEOUT_S", "120"))
     while True:
         try:

@@ -197,6 +197,8 @@ def test_remote_rank_joins_with_documented_command_and_close_ends_every_child():
     group = WorkerGroup(config)
     command = group.join_command(1, device="cpu", comfyui_dir=str(PACK / ".comfyui"), python=sys.executable)
     assert "MASTER_ADDR=127.0.0.1" in command and "RANK=1" in command and "WORLD_SIZE=2" in command
+    assert group._authkey.hex() not in command, "the key is printed, and ComfyUI's log is served over HTTP"
+    assert group.key_file().stat().st_mode & 0o777 == 0o600
     remote = subprocess.Popen(command, shell=True)  # stands in for a second machine
     try:
         with group:
