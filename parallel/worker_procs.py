@@ -85,17 +85,20 @@ class Session:
     def make_store(self, master_addr: str, master_port: int, use_tcp: bool) -> dict:
         """The rendezvous: a TCPStore for multi-machine groups, else a FileStore.
 
-        torch's TCPStore listens on every interface whatever host it is given, so a group
-        that stays on this machine uses a file in a private temporary folder instead.
-        Returns the environment variables that point workers at it.
+        Given a host, torch's TCPStore still listens on every interface, so the pack binds
+        the socket itself (to master_addr only) and hands it over; a group that stays on this
+        machine uses a file in a private temporary folder instead. Returns the environment
+        variables that point workers at it.
         """
         import torch.distributed as dist
 
         if use_tcp:
             try:
-                self.store = dist.TCPStore(master_addr, master_port, None, True,
-                                           timeout=timedelta(seconds=60), wait_for_workers=False)
-            except RuntimeError as exc:
+                listening = socket.create_server((master_addr, master_port), backlog=128)
+                port = listening.getsockname()[1]
+                self.store = dist.TCPStore(master_addr, port, None, True, timeout=timedelta(seconds=60),
+                                           wait_for_workers=False, master_listen_fd=listening.detach())
+            except (RuntimeError, OSError) as exc:
                 raise InputError("master_port", f"cannot host the rendezvous on {master_addr}:{master_port}: {exc}",
                                  "a free port on an address of this machine") from exc
             return {"MASTER_ADDR": master_addr, "MASTER_PORT": str(self.store.port)}

@@ -206,6 +206,9 @@ def test_remote_rank_joins_with_documented_command_and_close_ends_every_child():
             results = group.call(f"{FNS}:all_reduce_rows", full)
             assert all(torch.equal(r, full.sum(0)) for r in results)
             assert [r["rank"] for r in group.call(f"{FNS}:identity")] == [0, 1]
+            listening = {c.laddr for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+            assert {(ip, port) for ip, port in listening if port == config.master_port} == \
+                {("127.0.0.1", config.master_port)}, "the rendezvous listens on master_addr only"
             local_pids = group.pids
         assert_gone(local_pids)
         assert not group.alive()
