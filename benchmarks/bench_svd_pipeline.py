@@ -2,7 +2,7 @@
 
 ComfyUI's own SVD class at a tiny config (devtools/tiny_svd.py, 4 frames of 8×8 latents)
 samples 8 videos with euler_ancestral, 8 steps. Both sides run through the same code
-(models/svd_pipeline/server.py): K = 1 is a single stage worker, K = 2 splits the steps 4 + 4.
+(models/step_pipeline/server.py): K = 1 is a single stage worker, K = 2 splits the steps 4 + 4.
 Worker start-up and model rebuild are excluded by a warm-up run; then the two settings
 alternate for a few rounds and the best wall time of each counts. The ideal speedup of a
 K-stage pipeline over N videos is K·N / (N + K − 1) (fill and drain ticks); the efficiency is
@@ -21,7 +21,7 @@ VIDEOS, STEPS, ROUNDS = 8, 8, 3
 def run() -> dict:
     import torch
 
-    from comfyui_parallel.models.svd_pipeline import server as pipeline_run
+    from comfyui_parallel.models.step_pipeline import server as pipeline_run
     from comfyui_parallel.models.comfy.runtime import find_comfyui_dir
     from comfyui_parallel.parallel.pipeline import ideal_speedup
     from comfyui_parallel.parallel.pool import POOL

@@ -1,15 +1,12 @@
 """SVD Step-Pipeline Sampler: many SVD videos, the diffusion steps split into one stage per GPU."""
-from ..models.comfy import management as host
 from ..models.comfy.sampling import SAMPLERS, SCHEDULERS
-from ..models.svd_pipeline.stage import SPLITTABLE_SAMPLERS
-from ..parallel.devices import parse_gpu_ids
-from ..utils.errors import Cancelled, InputError
+from ..utils.errors import InputError
+from .step_pipeline import GPU_IDS_TOOLTIP, SAMPLER_TOOLTIP, PipelineNode, sample_videos
 
 STAGE_SPLITS = ["even", "balanced"]
-_MEASURED: dict[tuple, list[float]] = {}  # per-step seconds measured by earlier runs, for "balanced"
 
 
-class SVDStepPipelineSampler:
+class SVDStepPipelineSampler(PipelineNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -26,51 +23,33 @@ class SVDStepPipelineSampler:
                               "Diffusion steps; they are split into one contiguous range per stage (device)."}),
             "cfg": ("FLOAT", {"default": 2.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance scale, as in KSampler."}),
-            "sampler_name": (SAMPLERS, {"tooltip": "ComfyUI's sampler. Only samplers whose state can be carried "
-                                        "between stages run: " + ", ".join(SPLITTABLE_SAMPLERS) + "."}),
+            "sampler_name": (SAMPLERS, {"tooltip": SAMPLER_TOOLTIP}),
             "scheduler": (SCHEDULERS, {"tooltip": "ComfyUI's scheduler; the one sigma schedule all stages share."}),
             "num_videos": ("INT", {"default": 4, "min": 1, "max": 4096, "tooltip":
                                    "How many videos to make (seeds seed … seed+n−1); more videos keep the stages busier."}),
-            "gpu_ids": ("STRING", {"default": "0,1", "tooltip": "One pipeline stage per device: '0,1', 'cuda:0,cuda:1', "
-                                   "'all', or 'cpu,cpu' to simulate stages as CPU processes."}),
+            "gpu_ids": ("STRING", {"default": "0,1", "tooltip": GPU_IDS_TOOLTIP}),
             "stage_split": (STAGE_SPLITS, {"tooltip": "even: equal step counts per stage. balanced: split by the "
                                            "per-step times measured by an earlier run with the same settings "
                                            "(even until one has run)."}),
         }}
 
-    RETURN_TYPES = ("LATENT", "STRING")
-    RETURN_NAMES = ("latent", "report")
-    FUNCTION = "sample"
-    CATEGORY = "parallel/sampling"
     DESCRIPTION = ("Sample num_videos SVD videos with the diffusion steps split into stages, one per device, the "
                    "videos flowing through the stages; each video equals KSampler's for its seed.")
 
     def sample(self, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, num_videos,
                gpu_ids, stage_split):
-        from ..models.svd_pipeline.server import PipelineSettings, run_pipeline
-        from ..models.svd_pipeline.stage import check_splittable
+        from ..models.step_pipeline.plan import PipelineSettings
+        from ..models.step_pipeline.stage import check_splittable
 
         check_splittable(sampler_name)
-        devices = parse_gpu_ids(gpu_ids)
-        if len(devices) > steps:
-            raise InputError("gpu_ids", f"names {len(devices)} stages for {steps} steps", f"at most {steps} devices")
         samples = latent_image["samples"]
         if samples.ndim != 4:
             raise InputError("latent_image", f"has shape {tuple(samples.shape)}", "an SVD latent: frames × 4 × h × w")
         settings = PipelineSettings(seed, steps, cfg, sampler_name, scheduler, num_videos, stage_split)
-        key = (id(model.model), steps, sampler_name, scheduler, tuple(samples.shape), len(devices))
-        bar = host.progress_bar(num_videos * steps)
-        try:
-            result = run_pipeline(model, positive, negative, samples, settings, devices, host.comfyui_dir(),
-                                  measured=_MEASURED.get(key), should_cancel=host.interrupted,
-                                  on_progress=lambda done, total: bar.update_absolute(done, total))
-        except Cancelled:
-            host.raise_if_interrupted()  # ComfyUI's own "interrupted"
-            raise
-        _MEASURED[key] = result.step_seconds
+        videos, report = sample_videos(model, positive, negative, latent_image, settings, gpu_ids)
         out = {k: v for k, v in latent_image.items() if k not in ("samples", "batch_index", "noise_mask")}
-        out["samples"] = result.samples
-        return (out, result.report.text())
+        out["samples"] = videos
+        return (out, report)
 
 
 NODE_CLASS_MAPPINGS = {"SVDStepPipelineSampler": SVDStepPipelineSampler}

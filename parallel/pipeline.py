@@ -138,12 +138,15 @@ def _comm_device() -> torch.device:
 
 @dataclass
 class StageStats:
-    """One stage's account: its steps, time computing, the loop's span, which sample ran at which tick."""
+    """One stage's account: its steps, time computing, the loop's span, which sample ran at which tick,
+    and what it holds (names of its models, their resident weight bytes)."""
     stage: int
     steps: tuple[int, int]
     busy_s: float = 0.0
     span_s: float = 0.0
     ticks: list = field(default_factory=list)  # (tick, sample) in the order this stage ran them
+    models: tuple = ()
+    weight_bytes: int = 0
 
     @property
     def samples(self) -> int:
@@ -151,7 +154,13 @@ class StageStats:
 
     def as_dict(self) -> dict:
         return {"stage": self.stage, "steps": list(self.steps), "busy_s": self.busy_s, "span_s": self.span_s,
-                "ticks": [list(pair) for pair in self.ticks]}
+                "ticks": [list(pair) for pair in self.ticks], "models": list(self.models),
+                "weight_bytes": self.weight_bytes}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageStats":
+        return cls(data["stage"], tuple(data["steps"]), data["busy_s"], data["span_s"],
+                   [tuple(pair) for pair in data["ticks"]], tuple(data.get("models", ())), data.get("weight_bytes", 0))
 
 
 @dataclass
@@ -220,10 +229,15 @@ class StageLoop:
 
 @dataclass
 class PipelineReport:
-    """Busy / bubble accounting of one pipeline run, for the node's report string."""
+    """Busy / bubble accounting of one run, for the node's report string.
+
+    schedule "pipeline": the stages own step ranges and every sample passes through all of them;
+    "videos_per_device": every stage (device) runs whole samples taken from a queue.
+    """
     stages: list[StageStats]
     num_samples: int
     wall_s: float
+    schedule: str = "pipeline"
 
     @property
     def span_s(self) -> float:
@@ -240,11 +254,15 @@ class PipelineReport:
         return 60.0 * self.num_samples / self.wall_s if self.wall_s > 0 else 0.0
 
     def text(self, unit: str = "videos") -> str:
-        lines = [f"step pipeline: {len(self.stages)} stages, {self.num_samples} {unit}"]
+        pipelined = self.schedule == "pipeline"
+        title = "step pipeline" if pipelined else "videos_per_device"
+        lines = [f"{title}: {len(self.stages)} {'stages' if pipelined else 'devices'}, {self.num_samples} {unit}"]
         for stage in self.stages:
-            lines.append(f"  stage {stage.stage}: steps [{stage.steps[0]}, {stage.steps[1]}), busy {stage.busy_s:.2f} s "
+            held = f", holds {' + '.join(stage.models)} ({stage.weight_bytes / 2**20:.1f} MiB)" if stage.models else ""
+            name = f"stage {stage.stage}:" if pipelined else f"device {stage.stage}: {stage.samples} {unit},"
+            lines.append(f"  {name} steps [{stage.steps[0]}, {stage.steps[1]}){held}, busy {stage.busy_s:.2f} s "
                          f"of {stage.span_s:.2f} s")
-        lines.append(f"  bubble fraction {self.bubble_fraction:.3f} (ideal "
-                     f"{1 - self.num_samples / (self.num_samples + len(self.stages) - 1):.3f})")
+        ideal = 1 - self.num_samples / (self.num_samples + len(self.stages) - 1) if pipelined else 0.0
+        lines.append(f"  bubble fraction {self.bubble_fraction:.3f} (ideal {ideal:.3f})")
         lines.append(f"  {self.samples_per_minute:.2f} {unit} per minute ({self.wall_s:.2f} s wall)")
         return "\n".join(lines)

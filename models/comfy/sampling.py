@@ -1,13 +1,13 @@
-"""ComfyUI's sampling as the pack drives it: KSampler's pieces, and a stage of a split schedule.
+"""ComfyUI's sampling as the pack drives it: KSampler's pieces, and a piece of a sampler call.
 
-The step pipeline runs steps [start, end) of one sigma schedule exactly the way
-KSamplerAdvanced does (`sigmas[start:end + 1]`, noise added with the seed only at step 0),
-through ComfyUI's CFGGuider (`comfy.samplers.sample`) and its k-diffusion sampler functions.
-`StageSampler` is ComfyUI's KSAMPLER with two changes that make chained stages bit-identical to
-one KSampler run: the latent travels in the sampler's own space (before `process_latent_out`),
-and per-step noise continues where the previous stage stopped (the seeded generator's state,
-or a Brownian tree over the whole schedule). What a stage runs is described by a
-`svd_pipeline.stage.StageJob` (start, end, first, last, sigmas, seed, sampler_name, cfg).
+The step pipeline runs steps [start, end) of one KSamplerAdvanced call's sigma vector
+(`sigmas[start:end + 1]`, noise added with the seed only at the call's first step) through
+ComfyUI's CFGGuider (`comfy.samplers.sample`) and its k-diffusion sampler functions.
+`StageSampler` is ComfyUI's KSAMPLER with two changes that make chained pieces bit-identical to
+the one call: the latent travels in the sampler's own space (before `process_latent_out`),
+and per-step noise continues where the previous piece stopped (the seeded generator's state,
+or a Brownian tree over the call's whole sigma vector). What a piece runs is described by a
+`step_pipeline.stage.StageJob` (start, end, first, last, sigmas, seed, sampler_name, cfg, add_noise).
 """
 import inspect
 
@@ -111,20 +111,29 @@ def schedule_sigmas(model, steps: int, sampler_name: str, scheduler: str) -> tor
 
 
 def run_stage(model, positive, negative, latent_image: torch.Tensor, job, carry: dict | None,
-              callback=None) -> dict:
-    """Run steps [job.start, job.end) for one video; return the carry for the next stage.
+              callback=None, denoise_mask: torch.Tensor | None = None) -> dict:
+    """Run steps [job.start, job.end) of one sampler call for one video; return the carry for the next piece.
 
-    The last stage's carry holds "samples": the latent KSampler would return for this seed.
+    The call's first piece starts from `latent_image`, or from the previous call's "samples" in
+    `carry` (the second KSamplerAdvanced of a pair), with the seed's noise or zeros (add_noise).
+    Later pieces continue from the carried x; a handed-over latent travels with it ("latent"), as
+    KSamplerX0Inpaint blends a noise mask against the call's latent. The last piece's carry holds "samples":
+    the latent KSamplerAdvanced returns for this seed.
     """
-    latent_image = comfy.sample.fix_empty_latent_channels(model, latent_image)
-    if job.first:
+    carry = carry or {}
+    handed = carry.get("latent", carry.get("samples"))
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent_image if handed is None else handed)
+    if job.add_noise:
         noise = comfy.sample.prepare_noise(latent_image, job.seed)
     else:
         noise = torch.zeros(latent_image.size(), dtype=latent_image.dtype, layout=latent_image.layout)
     sampler = StageSampler(job, carry)
     samples = comfy.samplers.sample(model, noise, positive, negative, job.cfg, model.load_device, sampler,
                                     job.sigmas[job.start:job.end + 1], model_options=model.model_options,
-                                    latent_image=latent_image, callback=callback, disable_pbar=True, seed=job.seed)
+                                    latent_image=latent_image, denoise_mask=denoise_mask, callback=callback,
+                                    disable_pbar=True, seed=job.seed)
     if job.last:
         return {"samples": samples.to("cpu")}
+    if handed is not None:
+        return {**sampler.carry_out, "latent": handed}
     return sampler.carry_out

@@ -18,7 +18,7 @@ comfy_on_path()
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 from comfyui_parallel.models.comfy import sampling  # noqa: E402
-from comfyui_parallel.models.svd_pipeline import server as svd_pipeline_run, stage as svd_stage  # noqa: E402
+from comfyui_parallel.models.step_pipeline import server as svd_pipeline_run, stage as svd_stage  # noqa: E402
 from comfyui_parallel.parallel.pool import POOL  # noqa: E402
 from comfyui_parallel.models.comfy.runtime import find_comfyui_dir  # noqa: E402
 from comfyui_parallel.nodes.svd_pipeline import SVDStepPipelineSampler  # noqa: E402

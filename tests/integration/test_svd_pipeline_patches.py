@@ -17,7 +17,7 @@ import comfy.model_management  # noqa: E402
 import comfy.sample  # noqa: E402
 import folder_paths  # noqa: E402
 from comfyui_parallel.models.comfy import guidance, weights  # noqa: E402
-from comfyui_parallel.models.svd_pipeline import patches as svd_model_patches, server as svd_pipeline_run  # noqa: E402
+from comfyui_parallel.models.step_pipeline import patches as svd_model_patches, server as svd_pipeline_run  # noqa: E402
 from comfyui_parallel.parallel.pool import POOL  # noqa: E402
 from comfyui_parallel.models.comfy.runtime import find_comfyui_dir  # noqa: E402
 from comfyui_parallel.nodes.svd_pipeline import SVDStepPipelineSampler  # noqa: E402

@@ -28,10 +28,10 @@ def _filled(value) -> bool:
     return bool(value)
 
 
-def describe_patches(model) -> dict | None:
+def describe_patches(model, input_name: str = "model") -> dict | None:
     """The model's non-weight patches as plain data for the workers (None: there are none).
 
-    Raises InputError naming each patch the workers could not rebuild.
+    Raises InputError (for the node input `input_name`) naming each patch the workers could not rebuild.
     """
     guidance, unsupported = None, []
     for name, value in model.model_options.items():
@@ -45,7 +45,7 @@ def describe_patches(model) -> dict | None:
             unsupported.append(name)
     unsupported += [part for part in _PATCHER_PARTS if _filled(getattr(model, part, None))]
     if unsupported:
-        raise InputError("model", f"carries patches the stage workers cannot rebuild: {', '.join(unsupported)}",
+        raise InputError(input_name, f"carries patches the stage workers cannot rebuild: {', '.join(unsupported)}",
                          SUPPORTED)
     return guidance
 
