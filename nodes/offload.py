@@ -8,14 +8,11 @@ import torch
 import folder_paths
 
 from ..models.comfy.loaders import load_diffusion_file
-from ..models.comfy.management import free_memory, inference_reserve
-from ..models.offload.patcher import OffloadSettings, apply_offload, block_sizes
-from ..offload.ledger import choose_blocks_to_swap, planned_peak
+from ..models.offload.patcher import GIB, OffloadSettings, apply_offload, block_sizes, fewest_swapped
 from ..utils.errors import InputError
 
 PRECISIONS = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
               "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-GIB = 1024 ** 3
 
 OFFLOAD_INPUTS = {
     "blocks_to_swap": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip":
@@ -23,13 +20,15 @@ OFFLOAD_INPUTS = {
                        "last ones). 0 = choose the fewest that fit vram_budget_gb."}),
     "vram_budget_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip":
                        "GPU memory the model's weights may use when blocks_to_swap is 0. 0 = the GPU's free "
-                       "memory minus ComfyUI's inference reserve."}),
+                       "memory when the model loads (as ComfyUI accounts it, after it made room) minus its "
+                       "inference reserve."}),
     "prefetch_blocks": ("INT", {"default": 1, "min": 0, "max": 16, "tooltip":
                         "How many swapped blocks are copied ahead of the one computing (on a side CUDA stream). "
                         "0 = copy each block just before it runs."}),
-    "pin_memory": ("BOOLEAN", {"default": False, "tooltip":
-                   "Keep swapped blocks in page-locked host memory for faster, truly asynchronous copies "
-                   "(uses non-swappable RAM; ignored without a CUDA GPU)."}),
+    "pin_memory": ("BOOLEAN", {"default": True, "tooltip":
+                   "Keep swapped blocks in page-locked host memory (pinned once at load, no second copy) for "
+                   "fast, truly asynchronous copies; uses non-swappable RAM, the console says how much. Falls "
+                   "back to pageable memory with a warning when pinning fails; ignored without a CUDA GPU."}),
     "offload_device": (["cpu"], {"tooltip": "Where swapped blocks live between uses: host memory."}),
     "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
                                "Recompute each block's activations in backward instead of storing them "
@@ -39,30 +38,19 @@ OFFLOAD_INPUTS = {
 
 def resolve_settings(model, blocks_to_swap, vram_budget_gb, prefetch_blocks, pin_memory, offload_device,
                      gradient_checkpointing) -> OffloadSettings:
-    """Validate the node inputs and turn blocks_to_swap 0 into a count that fits the budget."""
+    """Validate the node inputs; blocks_to_swap 0 becomes the count that fits vram_budget_gb, or with a budget
+    of 0 is left to the patcher, which chooses it from the free memory when ComfyUI loads the model."""
     if offload_device != "cpu":
         raise InputError("offload_device", f"{offload_device!r} is not supported", "cpu")
-    sizes, other = block_sizes(model.model)
+    sizes, _ = block_sizes(model.model)
     if blocks_to_swap > len(sizes):
         raise InputError("blocks_to_swap", f"{blocks_to_swap} but the model has {len(sizes)} blocks",
                          f"0..{len(sizes)}")
-    if blocks_to_swap == 0:
-        blocks_to_swap = _from_budget(model, sizes, other, vram_budget_gb, prefetch_blocks)
+    if blocks_to_swap == 0 and vram_budget_gb > 0:
+        blocks_to_swap = fewest_swapped(model.model, int(vram_budget_gb * GIB), prefetch_blocks)
+    elif blocks_to_swap == 0:
+        blocks_to_swap = None
     return OffloadSettings(blocks_to_swap, prefetch_blocks, pin_memory, offload_device, gradient_checkpointing)
-
-
-def _from_budget(model, sizes, other, vram_budget_gb, prefetch_blocks) -> int:
-    if vram_budget_gb > 0:
-        budget = int(vram_budget_gb * GIB)
-    else:
-        budget = free_memory(model.load_device, model) - inference_reserve()
-    count = choose_blocks_to_swap(sizes, prefetch_blocks, budget, other)
-    if count is None:
-        need = planned_peak(sizes, len(sizes), prefetch_blocks, other) / GIB
-        raise InputError("vram_budget_gb", f"{max(budget, 0) / GIB:.2f} GB cannot hold the model even with every "
-                         f"block swapped ({need:.2f} GB needed with prefetch_blocks {prefetch_blocks})",
-                         f"at least {need:.2f}, or a lower prefetch_blocks")
-    return count
 
 
 class OffloadLoader:

@@ -1,11 +1,14 @@
 """Block offloading with prefetch: run a model whose blocks do not all fit on the compute device.
 
 The last `blocks_to_swap` blocks of a block list live on the offload device (host memory,
-page-locked when asked). A forward pre-hook on block i issues the copies of the swapped blocks
-among i..i+prefetch_blocks that are not on their way yet (on a CUDA side stream, ordered by
-events), then points block i's parameters at its device copy; a forward hook points them back
-at the host tensors, which drops the device copy. Weights are read-only during inference, so
-nothing is copied back and the host keeps exactly one copy of the weights.
+page-locked by default when the compute device is CUDA). A forward pre-hook on block i issues
+the copies of the swapped blocks among i..i+prefetch_blocks that are not on their way yet (on a
+CUDA side stream, ordered by events), then points block i's parameters at its device copy; a
+forward hook points them back at the host tensors, which drops the device copy, and records a
+compute event. Before issuing a copy the host waits on the last of those events, so the device
+never holds more than prefetch_blocks + 1 swapped blocks however far ahead the host runs (see
+streams.py). Weights are read-only during inference, so nothing is copied back and the host
+keeps exactly one copy of the weights (pinning replaces the pageable copy, it does not add one).
 
 Every copy goes through `transfer`; on the CPU it returns the tensor itself, so the same code
 runs with no-op copies and tests prove the schedule by spying on `transfer` and the ledger.
@@ -14,13 +17,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from weakref import WeakKeyDictionary
 
+import logging
+
 import torch
 from torch import nn
 
 from ..utils.errors import InputError
 from .ledger import ResidentLedger, swapped_indices
-from .streams import CopyStream, pin
+from .streams import Streams, pin
 
+log = logging.getLogger(__name__)
 _ACTIVE: "WeakKeyDictionary[nn.ModuleList, BlockOffloader]" = WeakKeyDictionary()
 
 
@@ -31,11 +37,14 @@ def transfer(tensor: torch.Tensor, device: torch.device, non_blocking: bool = Fa
 
 @dataclass
 class OffloadConfig:
-    """How to offload a block list. Only the last `blocks_to_swap` blocks are swapped."""
+    """How to offload a block list. Only the last `blocks_to_swap` blocks are swapped.
+
+    `pin_memory` None (the default) page-locks the swapped blocks when the compute device is CUDA.
+    """
 
     blocks_to_swap: int
     prefetch_blocks: int = 1
-    pin_memory: bool = False
+    pin_memory: bool | None = None
     offload_device: str | torch.device = "cpu"
     compute_device: str | torch.device = "cpu"
 
@@ -48,6 +57,10 @@ class OffloadConfig:
             raise InputError("prefetch_blocks", f"{self.prefetch_blocks} is negative", "0 or more")
         if torch.device(self.offload_device).type != "cpu":
             raise InputError("offload_device", f"{self.offload_device!r} is not host memory", "cpu")
+
+    def pins(self) -> bool:
+        """Whether the swapped blocks are page-locked: by default, or when asked, and only for CUDA."""
+        return torch.device(self.compute_device).type == "cuda" and self.pin_memory is not False
 
 
 @dataclass
@@ -104,7 +117,8 @@ class BlockOffloader:
     placing anything (cheap enough to do around every forward).
     """
 
-    def __init__(self, blocks: nn.ModuleList, config: OffloadConfig, ledger: ResidentLedger | None = None):
+    def __init__(self, blocks: nn.ModuleList, config: OffloadConfig, ledger: ResidentLedger | None = None,
+                 streams: Streams | None = None):
         self.blocks = blocks
         self.config = config
         self.compute_device = torch.device(config.compute_device)
@@ -112,8 +126,9 @@ class BlockOffloader:
         self.is_swapped = set(self.swapped)
         self.slots = [_BlockSlots.of(block) for block in blocks]
         self.ledger = ledger if ledger is not None else ResidentLedger()
-        self.stream = CopyStream(self.compute_device)
+        self.stream = streams if streams is not None else Streams(self.compute_device)
         self.fetched: dict[int, _Fetched] = {}
+        self.released = None  # compute event recorded at the last release: the host waits on it before a copy
         self.handles = []
         self.upcoming = [[j for j in range(i, min(len(blocks), i + config.prefetch_blocks + 1)) if j in self.is_swapped]
                          for i in range(len(blocks))]
@@ -143,13 +158,20 @@ class BlockOffloader:
             _refuse_gradients(module, args, kwargs)
         for upcoming in self.upcoming[index]:
             if upcoming not in self.fetched:
+                self._bound_window()
                 self._fetch(upcoming)
         fetched = self.fetched.get(index)
         if fetched is not None and not fetched.active:
-            self.stream.wait(fetched.event, [copy for _, _, copy in fetched.moved])
+            self.stream.use(fetched.event, [copy for _, _, copy in fetched.moved])
             for slot, _, copy in fetched.moved:
                 _BlockSlots.point(slot, copy)
             fetched.active = True
+
+    def _bound_window(self) -> None:
+        """Back-pressure: wait until the device has finished every released block (their copies are freed)."""
+        if self.released is not None:
+            self.stream.host_wait(self.released)
+            self.released = None
 
     def _fetch(self, index: int) -> None:
         slots = self.slots[index]
@@ -157,7 +179,7 @@ class BlockOffloader:
         with self.stream.copying():
             copies = [transfer(host, self.compute_device, non_blocking=True) for host in hosts]
         moved = [(slot, _data(host), copy) for slot, host, copy in zip(slots.slots, hosts, copies) if copy is not host]
-        self.fetched[index] = _Fetched(moved, self.stream.record(), slots.nbytes)
+        self.fetched[index] = _Fetched(moved, self.stream.record_copies(), slots.nbytes)
         self.ledger.fetch(index, slots.nbytes)
 
     def _after(self, index: int, module: nn.Module, args: tuple, output) -> None:
@@ -171,6 +193,7 @@ class BlockOffloader:
             for slot, host, _ in fetched.moved:
                 _BlockSlots.point(slot, host)
         self.ledger.release(index, fetched.nbytes)
+        self.released = self.stream.record_compute()
 
     def disable(self) -> None:
         """Remove the hooks and release every block still on the compute device; `resume()` undoes it."""
@@ -189,7 +212,7 @@ def _data(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _place(slots: list, config: OffloadConfig, swapped_only: bool = False) -> None:
-    """Swapped blocks to the offload device (pinned when asked), the others to the compute device."""
+    """Swapped blocks to the offload device (page-locked when `config.pins()`), the others to the compute device."""
     compute, offload = torch.device(config.compute_device), torch.device(config.offload_device)
     swapped = set(swapped_indices(len(slots), config.blocks_to_swap))
     for index, block_slots in enumerate(slots):
@@ -197,11 +220,51 @@ def _place(slots: list, config: OffloadConfig, swapped_only: bool = False) -> No
             continue
         device = offload if index in swapped else compute
         for slot, tensor in zip(block_slots.slots, block_slots.tensors()):
-            target = transfer(_data(tensor), device) if tensor.device != device else tensor
-            if config.pin_memory and index in swapped:
-                target = pin(target, compute)
-            if target is not tensor:
-                _BlockSlots.point(slot, target)
+            if tensor.device != device:
+                _BlockSlots.point(slot, transfer(_data(tensor), device))
+    if config.pins():
+        _pin_slots([slots[i] for i in sorted(swapped)], compute).say()
+
+
+@dataclass
+class PinReport:
+    """Bytes of swapped blocks page-locked by this call, already page-locked, and left pageable."""
+
+    pinned: int = 0
+    already: int = 0
+    failed: int = 0
+
+    def say(self) -> "PinReport":
+        """One console line for what was pinned now, one warning for what could not be."""
+        if self.pinned:
+            log.info("offload: %.2f GiB of host RAM page-locked for the swapped blocks (one host copy; "
+                     "%.2f GiB were already)", self.pinned / 2**30, self.already / 2**30)
+        if self.failed:
+            log.warning("offload: %.2f GiB of swapped blocks could not be page-locked (no CUDA driver, or the "
+                        "system's locked-memory limit); they stay in pageable memory, so their copies to the GPU "
+                        "are slower and not fully asynchronous", self.failed / 2**30)
+        return self
+
+
+def _pin_slots(slots: list, device: torch.device) -> PinReport:
+    report = PinReport()
+    for block_slots in slots:
+        for slot, tensor in zip(block_slots.slots, block_slots.tensors()):
+            target, status = pin(_data(tensor), device)
+            size = tensor.numel() * tensor.element_size()
+            if status == "now":
+                _BlockSlots.point(slot, target)  # the pageable copy is dropped: one host copy
+                report.pinned += size
+            elif status == "already":
+                report.already += size
+            elif status == "failed":
+                report.failed += size
+    return report
+
+
+def pin_blocks(blocks, device: torch.device) -> PinReport:
+    """Page-lock every tensor of `blocks` for copies to `device` (CUDA; elsewhere nothing happens)."""
+    return _pin_slots([_BlockSlots.of(block) for block in blocks], torch.device(device)).say()
 
 
 def place_blocks(blocks: nn.ModuleList, config: OffloadConfig, swapped_only: bool = False) -> None:

@@ -25,7 +25,7 @@ drives the pack's overrides with those call shapes.
 | `comfy.model_patcher.ModelPatcher.add_wrapper_with_key` | always | data_parallel / distributed / offload run each forward | yes | yes | yes |
 | `comfy.model_patcher.ModelPatcher.add_callback_with_key` | always | workers and replicas closed when ComfyUI unloads | yes | yes | yes |
 | `comfy.model_patcher.ModelPatcher.set_attachments` | always | offload state shared by a patcher's clones | yes | yes | yes |
-| `comfy.model_patcher.ModelPatcher.pin_weight_to_device` | optional | swapped blocks page-locked in place | absent: pageable memory, a warning | yes | legacy yes; raises on the dynamic patcher (never called there) |
+| `comfy.model_patcher.ModelPatcher.pin_weight_to_device` | optional | swapped blocks page-locked in place at load on CUDA (returns whether ComfyUI pinned: its limit, `--disable-pinned-memory`) | absent: the engine pins a copy that replaces the pageable one | yes | legacy yes; raises on the dynamic patcher (never called there) |
 | `comfy.model_patcher.ModelPatcher.unpin_weight` | optional | a pinned weight patched onto a GPU | absent | yes | as above |
 | `comfy.model_patcher.ModelPatcher.is_dynamic` | optional | Dynamic VRAM detection | absent: never dynamic | absent | yes |
 | `comfy.model_patcher.ModelPatcher.get_free_memory` | optional | free memory as the patcher accounts it | absent: `model_management.get_free_memory` | absent | yes (adds what Dynamic VRAM can give back) |
@@ -35,7 +35,7 @@ drives the pack's overrides with those call shapes.
 | `comfy.model_patcher.get_key_weight` | always | refuse patches on quantized weights | yes | yes | yes |
 | `comfy.model_patcher.string_to_seed` | optional | stochastic rounding seed of a patched weight | the only home | shim | deprecated shim, logs on every call |
 | `comfy.utils.string_to_seed` | optional | the same seed, its home from 0.3.75 on | absent: the shim above | yes | yes |
-| `comfy.model_management.get_free_memory` | always | offload budget (vram_budget_gb 0) | yes | yes | documented as wrong under Dynamic VRAM: the patcher's is used |
+| `comfy.model_management.get_free_memory` | always | offload budget (vram_budget_gb 0), read when the model loads | yes | yes | documented as wrong under Dynamic VRAM: the patcher's is used |
 | `comfy.model_management.minimum_inference_memory` | always | reserve left for activations | yes | yes | yes |
 | `comfy.model_management.module_size` | always | block sizes for plans | yes | yes | yes |
 | `comfy.model_management.intermediate_device` | always | where latents live between steps | yes | yes | yes |

@@ -9,7 +9,14 @@ ComfyUI's model management moves weights only through a patcher's `load`, `unpat
   lowvram mode), module by module instead of one `model.to` over the whole model;
 - LoRA / weight patches of swapped blocks are applied on the offload device at load time, so
   the patched weights are what gets swapped (ComfyUI keeps its usual backup for unpatching);
-- `model_size` is the planned resident peak, so ComfyUI frees just enough memory;
+- `model_size` is the planned resident peak, so ComfyUI frees just enough memory; a partial
+  (lowvram) load gets ComfyUI's budget less the prefetch window, which the swapped blocks use
+  while sampling;
+- blocks_to_swap "auto" (the node's 0 with vram_budget_gb 0) is chosen at the first load, from
+  the free memory the patcher reports then (ComfyUI's own accounting, after it made room);
+- on CUDA the swapped blocks are page-locked once at load (ComfyUI's in-place
+  `pin_weight_to_device` where it has one, else the engine's pinned copy replacing the pageable
+  one): one host copy either way, one console line for how much, a warning for what failed;
 - a diffusion-model wrapper turns the offloader (and gradient checkpointing) on for the
   duration of this patcher's forward only: another clone of the same model sampled without
   offloading runs untouched.
@@ -23,25 +30,27 @@ from dataclasses import dataclass, field
 import torch
 
 from ...offload.checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
-from ...offload.ledger import ResidentLedger, planned_peak, swapped_indices
-from ...offload.swap import BlockOffloader, OffloadConfig, place_blocks
+from ...offload.ledger import ResidentLedger, choose_blocks_to_swap, planned_peak, swapped_indices
+from ...offload.swap import BlockOffloader, OffloadConfig, PinReport, pin_blocks, place_blocks
+from ...utils.errors import InputError
 from ..comfy import patcher as host
 from ..comfy.extension import WRAPPERS
-from ..comfy.management import module_size
+from ..comfy.management import free_memory, inference_reserve, module_size
 from ..wan.blocks import transformer_blocks
 
 KEY = "comfyui_parallel.offload"
 LOAD_EVERYTHING = 1 << 62
+GIB = 1024 ** 3
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class OffloadSettings:
-    """The node's choices, with blocks_to_swap already resolved to a count."""
+    """The node's choices; blocks_to_swap None = the fewest that fit the free memory at load time."""
 
-    blocks_to_swap: int
+    blocks_to_swap: int | None
     prefetch_blocks: int = 1
-    pin_memory: bool = False
+    pin_memory: bool = True
     offload_device: str = "cpu"
     gradient_checkpointing: bool = False
 
@@ -57,12 +66,18 @@ class OffloadState:
     settings: OffloadSettings
     ledger: ResidentLedger = field(default_factory=ResidentLedger)
     offloader: BlockOffloader | None = field(default=None, repr=False, compare=False)
+    chosen: int | None = None  # blocks_to_swap chosen at the first load when the settings leave it open
+
+    @property
+    def blocks_to_swap(self) -> int | None:
+        """The swapped block count: the node's, or the one chosen at load (None before that load)."""
+        return self.settings.blocks_to_swap if self.settings.blocks_to_swap is not None else self.chosen
 
     def config(self, compute_device: torch.device) -> OffloadConfig:
-        """The engine's config. Pinning is left to ComfyUI's in-place `pin_weight_to_device` at load
-        (page-locks the very tensors, so the host never holds a pinned and an unpinned copy)."""
+        """The engine's config. The patcher pins after applying LoRA (the patched weights are what
+        gets swapped), so the engine does not pin at placement."""
         s = self.settings
-        return OffloadConfig(s.blocks_to_swap, s.prefetch_blocks, False, s.offload_device, compute_device)
+        return OffloadConfig(self.blocks_to_swap or 0, s.prefetch_blocks, False, s.offload_device, compute_device)
 
     def offloader_for(self, blocks: torch.nn.ModuleList, device: torch.device) -> BlockOffloader:
         cached = self.offloader
@@ -93,6 +108,18 @@ def block_sizes(base_model) -> tuple[list[int], int]:
     return sizes, module_size(base_model) - sum(sizes)
 
 
+def fewest_swapped(base_model, budget_bytes: int, prefetch_blocks: int) -> int:
+    """The fewest swapped blocks whose planned peak fits `budget_bytes`; an InputError on vram_budget_gb if none."""
+    sizes, other = block_sizes(base_model)
+    count = choose_blocks_to_swap(sizes, prefetch_blocks, budget_bytes, other)
+    if count is None:
+        need = planned_peak(sizes, len(sizes), prefetch_blocks, other) / GIB
+        raise InputError("vram_budget_gb", f"{max(budget_bytes, 0) / GIB:.2f} GB cannot hold the model even with "
+                         f"every block swapped ({need:.2f} GB needed with prefetch_blocks {prefetch_blocks})",
+                         f"at least {need:.2f}, or a lower prefetch_blocks")
+    return count
+
+
 class OffloadPatcherMixin(host.PatcherMixin):
     """Overrides of ModelPatcher's loading so the swapped blocks belong to the offloader alone."""
 
@@ -106,16 +133,16 @@ class OffloadPatcherMixin(host.PatcherMixin):
 
     def swapped_blocks(self) -> list[torch.nn.Module]:
         blocks = transformer_blocks(self.model)
-        return [blocks[i] for i in swapped_indices(len(blocks), self.offload_state.settings.blocks_to_swap)]
+        return [blocks[i] for i in swapped_indices(len(blocks), self.offload_state.blocks_to_swap or 0)]
 
     def planned_resident_bytes(self) -> int:
         sizes, other = block_sizes(self.model)
-        settings = self.offload_state.settings
-        return planned_peak(sizes, settings.blocks_to_swap, settings.prefetch_blocks, base_bytes=other)
+        state = self.offload_state
+        return planned_peak(sizes, state.blocks_to_swap or 0, state.settings.prefetch_blocks, base_bytes=other)
 
     def model_size(self):
-        if self.offload_state is None:
-            return super().model_size()
+        if self.offload_state is None or self.offload_state.blocks_to_swap is None:
+            return super().model_size()  # auto before the first load: ComfyUI makes room for the whole model
         return self.planned_resident_bytes()
 
     def _load_list(self, *args, **kwargs):
@@ -124,27 +151,49 @@ class OffloadPatcherMixin(host.PatcherMixin):
 
     def load(self, *args, **kwargs):
         call = host.LoadCall.of(args, kwargs)
+        compute = torch.device(call.device_to if call.device_to is not None else self.load_device)
+        self._choose_blocks_to_swap(compute)
         if call.full_load:  # ComfyUI would finish with model.to(device): load module by module instead
             super().load(**call.arguments(lowvram_model_memory=LOAD_EVERYTHING, full_load=False))
             move_except(self.model, call.device_to, set(self.swapped_blocks()))
-        else:
-            super().load(**call.arguments())
-        self._load_swapped_blocks(call.device_to)
+        else:  # lowvram: the prefetch window needs its share of ComfyUI's budget while sampling
+            budget = max(0, call.lowvram_model_memory - self.window_bytes())
+            super().load(**call.arguments(lowvram_model_memory=budget))
+        self._load_swapped_blocks(compute)
 
-    def _load_swapped_blocks(self, device_to) -> None:
-        """Put the swapped blocks on the offload device, patch their weights there, book the window."""
+    def _choose_blocks_to_swap(self, compute: torch.device) -> None:
+        """blocks_to_swap auto: the fewest that fit the free memory the patcher reports now, once."""
         state = self.offload_state
-        compute = torch.device(device_to if device_to is not None else self.load_device)
+        if state.blocks_to_swap is not None:
+            return
+        budget = free_memory(compute, self) - inference_reserve()
+        state.chosen = fewest_swapped(self.model, budget, state.settings.prefetch_blocks)
+        log.info("offload: %d blocks swapped, chosen at load from %.2f GB free on %s (planned resident %.2f MB)",
+                 state.chosen, budget / GIB, compute, self.planned_resident_bytes() / 2**20)
+
+    def _load_swapped_blocks(self, compute: torch.device) -> None:
+        """Put the swapped blocks on the offload device, patch their weights there, pin them, book the window."""
+        state = self.offload_state
         place_blocks(transformer_blocks(self.model), state.config(compute), swapped_only=True)
-        pin = state.settings.pin_memory and host.can_pin(self)
+        pin = state.settings.pin_memory and compute.type == "cuda"
+        in_place, report = pin and host.can_pin(self), PinReport()
         for module, keys in self._swapped_modules_and_keys():
             if host.weights_patched(module):
                 continue
             for key in keys:
                 host.patch_weight(self, key)
-                if pin:
-                    host.pin_weight(self, key)
+                if in_place:
+                    weight = getattr(module, key.rsplit(".", 1)[1])  # after patching: the patched weight
+                    size = weight.numel() * weight.element_size()
+                    if host.pin_weight(self, key):
+                        report.pinned += size
+                    else:
+                        report.failed += size
             host.mark_weights_patched(module)
+        if in_place:
+            report.say()
+        elif pin:  # no in-place pinning in this ComfyUI: a pinned copy replaces the pageable one
+            pin_blocks(self.swapped_blocks(), compute)
         host.add_loaded_bytes(self, self.window_bytes())
 
     def _swapped_modules_and_keys(self):
@@ -158,9 +207,10 @@ class OffloadPatcherMixin(host.PatcherMixin):
     def window_bytes(self) -> int:
         """Planned bytes of the swapped blocks in flight at once (prefetch window)."""
         sizes, _ = block_sizes(self.model)
-        settings = self.offload_state.settings
-        resident = sum(sizes[: len(sizes) - settings.blocks_to_swap])
-        return planned_peak(sizes, settings.blocks_to_swap, settings.prefetch_blocks) - resident
+        state = self.offload_state
+        swapped = state.blocks_to_swap or 0
+        resident = sum(sizes[: len(sizes) - swapped])
+        return planned_peak(sizes, swapped, state.settings.prefetch_blocks) - resident
 
     def unpatch_model(self, device_to=None, unpatch_weights=True, *args, **kwargs):
         super().unpatch_model(None, unpatch_weights, *args, **kwargs)
@@ -187,14 +237,15 @@ def apply_offload(model, settings: OffloadSettings):
     transformer_blocks(model.model)  # refuse unsupported models before cloning
     host.refuse_other_block_manager(model, OffloadPatcherMixin)
     model = host.non_dynamic(model, "offload", "the offloader moves the swapped blocks itself, LoRA applied")
-    if settings.pin_memory and not host.can_pin(model):
-        log.warning("offload: pin_memory asked for, but this ComfyUI cannot pin weights in place; "
-                    "the swapped blocks stay in pageable memory")
     patched = host.as_pack_patcher(model, OffloadPatcherMixin)
     state = OffloadState(settings, ResidentLedger(base_bytes=block_sizes(patched.model)[1]))
     patched.set_attachments(KEY, state)
     patched.remove_wrappers_with_key(WRAPPERS.DIFFUSION_MODEL, KEY)
     patched.add_wrapper_with_key(WRAPPERS.DIFFUSION_MODEL, KEY, state)
-    log.info("offload: %d blocks swapped, prefetch %d, planned resident %.2f MB", settings.blocks_to_swap,
-             settings.prefetch_blocks, patched.planned_resident_bytes() / 2**20)
+    if settings.blocks_to_swap is None:
+        log.info("offload: blocks_to_swap chosen at load from the free memory then, prefetch %d",
+                 settings.prefetch_blocks)
+    else:
+        log.info("offload: %d blocks swapped, prefetch %d, planned resident %.2f MB", settings.blocks_to_swap,
+                 settings.prefetch_blocks, patched.planned_resident_bytes() / 2**20)
     return patched
