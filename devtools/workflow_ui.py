@@ -3,7 +3,9 @@
 `python -m devtools.workflow_ui [names...]` starts a real ComfyUI with the pack, reads
 /object_info to know which inputs are widgets and in which order (seed inputs get the
 frontend's extra "control_after_generate" widget), and writes workflows/<name>.json
-next to workflows/api/<name>.json. The layout is a simple left-to-right by depth.
+next to workflows/api/<name>.json; a name `real/<name>` reads workflows/real/api/<name>.json and
+writes workflows/real/<name>.json. A `<name>.note.md` beside the API file becomes a Note node
+(frontend-only, so the API twin has none). The layout is a simple left-to-right by depth.
 """
 import json
 import sys
@@ -54,7 +56,14 @@ def depth_of(api: dict) -> dict[str, int]:
     return depth
 
 
-def api_to_ui(api: dict, object_info: dict) -> dict:
+def note_node(node_id: int, text: str) -> dict:
+    """The frontend's own Note node (no backend class, not part of the API prompt)."""
+    return {"id": node_id, "type": "Note", "pos": [60, -420], "size": [700, 380], "flags": {}, "order": 0,
+            "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [text],
+            "color": "#432", "bgcolor": "#653"}
+
+
+def api_to_ui(api: dict, object_info: dict, note: str | None = None) -> dict:
     depth = depth_of(api)
     rows: dict[int, int] = {}
     nodes, links = [], []
@@ -87,8 +96,18 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                       "inputs": node_inputs, "outputs": node_outputs,
                       "properties": {"Node name for S&R": node["class_type"]},
                       "widgets_values": widget_values(node, info)})
-    return {"last_node_id": max(int(k) for k in api), "last_link_id": len(links), "nodes": nodes, "links": links,
+    last = max(int(k) for k in api)
+    if note is not None:
+        last += 1
+        nodes.append(note_node(last, note))
+    return {"last_node_id": last, "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def api_file(name: str) -> Path:
+    """workflows/api/<name>.json, or workflows/real/api/<name>.json for `real/<name>`."""
+    folder, _, stem = name.rpartition("/")
+    return UI_DIR / folder / "api" / f"{stem}.json"
 
 
 def main(names: list[str]) -> None:
@@ -96,15 +115,17 @@ def main(names: list[str]) -> None:
     from devtools.comfy_server import ComfyServer
     from devtools.demo_models import ensure_models
 
-    files = [API_DIR / f"{n}.json" for n in names] if names else sorted(API_DIR.glob("*.json"))
+    files = [api_file(n) for n in names] if names else sorted(API_DIR.glob("*.json"))
     with tempfile.TemporaryDirectory() as base:
         (Path(base) / "models").symlink_to(ensure_models(REPO / "out" / "models-cache")[0].parents[1])
         with ComfyServer(Path(base)) as server:
             object_info = server.get("/object_info")
-    for api_file in files:
-        ui = api_to_ui(json.loads(api_file.read_text()), object_info)
-        (UI_DIR / api_file.name).write_text(json.dumps(ui, indent=1) + "\n")
-        print(f"wrote {UI_DIR / api_file.name}")
+    for path in files:
+        note = path.with_suffix(".note.md")
+        ui = api_to_ui(json.loads(path.read_text()), object_info, note.read_text() if note.exists() else None)
+        target = path.parents[1] / path.name
+        target.write_text(json.dumps(ui, indent=1) + "\n")
+        print(f"wrote {target}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,19 @@ import pytest
 from devtools.comfy_server import REPO, ComfyServer
 
 
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, models_cache):
-    base = tmp_path_factory.mktemp("comfy-base")
+def server_base(tmp_path_factory, models_cache, name: str):
+    """A server's base directory: the models cache as models/, the bundled workflow inputs in input/."""
+    base = tmp_path_factory.mktemp(name)
     (base / "models").symlink_to(models_cache, target_is_directory=True)
     (base / "input").mkdir()
     for item in (REPO / "workflows" / "inputs").iterdir():
         shutil.copy2(item, base / "input" / item.name)
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, models_cache):
+    base = server_base(tmp_path_factory, models_cache, "comfy-base")
     server = ComfyServer(base, env={"OMP_NUM_THREADS": "2"}).start()
     yield server
     server_pid = server.process.pid
@@ -41,3 +47,13 @@ def input_dir(comfy_server):
             item.unlink()
         elif item.is_dir() and item.name.startswith("test_"):
             shutil.rmtree(item)
+
+
+@pytest.fixture(scope="module")
+def one_thread_server(tmp_path_factory, models_cache):
+    """A server of its own computing on one thread, as the stage workers do: float sums then group
+    the same way in the plain graph and in the stages, so their latents can be compared bit for bit."""
+    base = server_base(tmp_path_factory, models_cache, "comfy-one-thread")
+    server = ComfyServer(base, env={"OMP_NUM_THREADS": "1"}).start()
+    yield server
+    assert server.stop() == []

@@ -9,11 +9,10 @@ here), runs two stage workers (cpu,cpu) for two videos and saves them with SaveA
 import json
 import shutil
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from devtools.comfy_server import REPO, ComfyServer
+from devtools.comfy_server import REPO
 
 WORKFLOW = REPO / "workflows" / "api" / "svd_step_pipeline.json"
 
@@ -32,18 +31,6 @@ def test_bundled_workflow_makes_two_videos_and_a_report(server, input_dir):
     report = json.dumps(result.history["outputs"]["9"])
     assert "stage 0: steps [0, 1)" in report and "stage 1: steps [1, 2)" in report and "videos per minute" in report
     assert any(node == "5" and total == 4 for node, _, total in result.progress)  # 2 videos x 2 steps
-
-
-@pytest.fixture(scope="module")
-def one_thread_server(tmp_path_factory, models_cache):
-    """A server of its own computing on one thread, as the stage workers do: float sums then group
-    the same way in KSampler and in the stages, so their latents can be compared bit for bit."""
-    base = tmp_path_factory.mktemp("comfy-one-thread")
-    (base / "models").symlink_to(models_cache, target_is_directory=True)
-    (base / "input").mkdir()
-    server = ComfyServer(base, env={"OMP_NUM_THREADS": "1"}).start()
-    yield server
-    assert server.stop() == []
 
 
 def test_lora_and_cfg_guidance_video_equals_ksampler_in_the_server(one_thread_server):

@@ -22,7 +22,7 @@ from comfyui_parallel.models.comfy.runtime import find_comfyui_dir  # noqa: E402
 from comfyui_parallel.models.step_pipeline import plan, server as step_pipeline  # noqa: E402
 from comfyui_parallel.nodes.step_pipeline import StepPipelineSampler  # noqa: E402
 from comfyui_parallel.parallel.pool import POOL  # noqa: E402
-from comfyui_parallel.utils.errors import InputError  # noqa: E402
+from comfyui_parallel.utils.errors import Cancelled, InputError  # noqa: E402
 
 STEPS, BOUNDARY, CFG, SEED = 4, 2, 5.0, 42
 LATENT = (1, 16, 2, 8, 8)  # EmptyHunyuanLatentVideo 64 x 64, 5 frames
@@ -121,6 +121,23 @@ def test_videos_per_device_equals_the_pair_and_says_so(wan, workers):
     assert_pair(wan, out, 3)
     assert report.startswith(f"videos_per_device: {workers} devices, 3 videos")
     assert report.count("holds model + model_2") == workers
+
+
+def test_cancel_stops_every_device_of_videos_per_device_and_the_workers_carry_on(wan):
+    positive, negative = wan[3]
+    settings = step_pipeline.PipelineSettings(SEED, STEPS, CFG, "euler", "simple", 40, boundary_step=BOUNDARY,
+                                              schedule="videos_per_device")
+    devices = [torch.device("cpu"), torch.device("cpu", 1)]
+    seen = []
+    with pytest.raises(Cancelled):
+        step_pipeline.run_pipeline(wan[0], positive, negative, wan[4]["samples"], settings, devices,
+                                   find_comfyui_dir(), model_2=wan[1], should_cancel=lambda: len(seen) >= 3,
+                                   on_progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1][1] == 40 * STEPS and seen[-1][0] < 40 * STEPS
+    pids = POOL.pids(step_pipeline.FEATURE)
+    out, _ = pipeline(wan, 2, 1, sampler="euler", schedule="videos_per_device")
+    assert_pair(wan, out, 1, "euler")
+    assert POOL.pids(step_pipeline.FEATURE) == pids
 
 
 def test_the_low_noise_expert_and_the_boundary_matter(wan):
