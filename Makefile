@@ -12,7 +12,7 @@ HOSTS ?= 0.3.75 0.3.52
 HOST_TESTS ?= tests/integration tests/e2e tests/unit/models/comfy
 export COMFYUI_DIR
 
-.PHONY: setup serve demo test test-hosts bench seedvr-manifest clean
+.PHONY: setup serve demo test test-hosts bench gpu-check seedvr-manifest clean
 
 setup: $(VENV)/.installed $(VENV)/.browser $(COMFYUI_DIR)/.comfyui-parallel-linked
 
@@ -48,6 +48,10 @@ test-hosts: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# The figures that need a CUDA GPU (benchmarks/results-gpu.json); without one it says so and exits 0.
+gpu-check: $(VENV)/.installed $(COMFYUI_DIR)/.comfyui-parallel-linked
+	$(PY) benchmarks/gpu_check.py
 
 seedvr-manifest: setup
 	$(PY) -m devtools.seedvr_manifest

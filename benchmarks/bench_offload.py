@@ -2,13 +2,16 @@
 
 1. Resident-bytes peak against blocks_to_swap for Wan 2.2 5B and Wan 2.1 14B (bf16), built
    on the meta device with ComfyUI's own WanModel, from the ledger's plan (prefetch 1).
-2. Hook cost per block on the CPU (copies are no-ops there, so this is the pure bookkeeping
-   cost): tiny Wan dim 128, 8 blocks, 1 thread, every block swapped, prefetch 1. Paired
-   rounds (plain forward and each variant in the same round, shuffled), medians of the
-   differences. Variants: this pack's offloader through its real ComfyUI wrapper path
-   (enable, forward, disable each call), diffusers' `apply_group_offloading` (block_level, one
-   block per group) and ComfyUI's own lowvram mode (every weight cast on use). Each variant's
-   output is checked equal to the plain forward first.
+2. Hook cost on the CPU (copies are no-ops there, so this is the pure bookkeeping cost): tiny
+   Wan dim 128, 8 blocks, 1 thread, every block swapped, prefetch 1. Paired rounds (plain
+   forward and each variant in the same round, shuffled), medians of the differences, each
+   divided by the number of modules that variant hooks, counted on the model: this pack's
+   offloader through its real ComfyUI wrapper path (enable, forward, disable each call) hooks
+   the 8 blocks; diffusers' `apply_group_offloading` (block_level, one block per group) hooks
+   the 8 blocks and 9 more modules (the root, the embedding Sequentials' layers); ComfyUI's
+   lowvram mode casts every weight module on use. The whole forward's overhead is reported
+   beside it (the same work on both sides). Each variant's output is checked equal to the
+   plain forward first.
 """
 import random
 import statistics
@@ -78,8 +81,13 @@ def variants():
         options = {"wrappers": wrappers} if wrappers else {}
         return lambda: model.model.diffusion_model(x, t, context, transformer_options=options)
 
-    return {"plain": call(plain), "ours": call(ours, ours.wrappers), "diffusers": call(for_diffusers),
-            "comfy_lowvram": call(for_lowvram)}
+    calls = {"plain": call(plain), "ours": call(ours, ours.wrappers), "diffusers": call(for_diffusers),
+             "comfy_lowvram": call(for_lowvram)}
+    hooked = {"ours": BLOCKS,  # the wrapper registers the block hooks for each forward only
+              "diffusers": sum("group_offloading" in getattr(m, "_diffusers_hook", None).hooks
+                               for m in for_diffusers.model.modules() if hasattr(m, "_diffusers_hook")),
+              "comfy_lowvram": sum(hasattr(m, "prev_comfy_cast_weights") for m in for_lowvram.model.modules())}
+    return calls, hooked
 
 
 def paired_overheads(calls: dict) -> dict:
@@ -98,11 +106,12 @@ def paired_overheads(calls: dict) -> dict:
     return {name: statistics.median(values) for name, values in diffs.items()}
 
 
-def hook_costs() -> dict:
+def hook_costs() -> tuple[dict, dict, dict]:
+    """(µs per hooked module, µs per forward, hooked module count) of each variant."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        calls = variants()
+        calls, hooked = variants()
         with torch.inference_mode():
             expected = calls["plain"]()
             for name, call in calls.items():
@@ -110,29 +119,34 @@ def hook_costs() -> dict:
             overheads = paired_overheads(calls)
     finally:
         torch.set_num_threads(threads)
-    per_block = {name: seconds / BLOCKS * 1e6 for name, seconds in overheads.items()}
-    print("   hook cost per block (µs, median of paired rounds): "
-          + ", ".join(f"{name} {value:.1f}" for name, value in per_block.items()))
-    return per_block
+    per_forward = {name: seconds * 1e6 for name, seconds in overheads.items()}
+    per_hook = {name: per_forward[name] / hooked[name] for name in per_forward}
+    print("   overhead per forward / hooked modules = µs per hook (median of paired rounds): "
+          + ", ".join(f"{name} {per_forward[name]:.0f} / {hooked[name]} = {per_hook[name]:.1f}" for name in per_hook))
+    return per_hook, per_forward, hooked
 
 
 def run() -> dict:
     peaks = resident_table()
-    per_block = hook_costs()
-    what = "µs added per block and forward on the CPU (tiny Wan, 8 blocks all swapped, prefetch 1, 1 thread)"
-    return {
+    per_hook, per_forward, hooked = hook_costs()
+    what = "on the CPU (tiny Wan, 8 blocks all swapped, prefetch 1, 1 thread)"
+    results = {
         "offload_resident_peak_gb_wan14b_swap20": {
             "value": peaks[("wan21_14b", 20)], "unit": "GiB", "better": "lower",
             "what": f"planned compute-device weights of Wan 2.1 14B (bf16) with 20 of 40 blocks swapped, prefetch 1 "
                     f"(all resident: {peaks[('wan21_14b', 0)]:.1f} GiB)"},
-        "offload_hook_us_per_block": {"value": per_block["ours"], "unit": "µs", "better": "lower",
-                                      "what": f"this pack's offloader via its ComfyUI wrapper: {what}"},
-        "offload_hook_us_per_block_diffusers": {"value": per_block["diffusers"], "unit": "µs", "better": "lower",
-                                                "what": f"diffusers apply_group_offloading block_level: {what}"},
-        "offload_hook_us_per_block_comfy_lowvram": {"value": per_block["comfy_lowvram"], "unit": "µs",
-                                                    "better": "lower",
-                                                    "what": f"ComfyUI lowvram (cast every weight on use): {what}"},
+        "offload_forward_overhead_ratio_diffusers": {
+            "value": per_forward["diffusers"] / per_forward["ours"], "unit": "x", "better": "lower",
+            "what": f"µs diffusers group offloading adds to a forward / µs this pack adds, {what}"},
     }
+    names = {"ours": "this pack's offloader via its ComfyUI wrapper", "diffusers": "diffusers apply_group_offloading "
+             "block_level", "comfy_lowvram": "ComfyUI lowvram (cast every weight on use)"}
+    for key, suffix in (("ours", ""), ("diffusers", "_diffusers"), ("comfy_lowvram", "_comfy_lowvram")):
+        results[f"offload_hook_us_per_hook{suffix}"] = {
+            "value": per_hook[key], "unit": "µs", "better": "lower",
+            "what": f"{names[key]}: µs added per forward ({per_forward[key]:.0f}) / the {hooked[key]} modules it "
+                    f"hooks, {what}"}
+    return results
 
 
 if __name__ == "__main__":

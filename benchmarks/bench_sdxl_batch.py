@@ -26,7 +26,10 @@ def _job(devices: list[str]):
     from comfyui_parallel.models.image_batch.server import BatchJob
     from comfyui_parallel.models.image_batch.generate import GenerateSettings
 
+    from devtools.demo_models import ensure_models
+
     models = REPO / "out" / "models-cache"
+    ensure_models(models)  # a fresh clone has no models yet: write the tiny ones (as the tests do)
     settings = GenerateSettings(ckpt_name="tiny_sd15.safetensors", width=64, height=64, steps=3,
                                 lora_name="tiny_sd15_dora.safetensors", lora_strength=0.8)
     return BatchJob(ckpt_path=str(models / "checkpoints" / "tiny_sd15.safetensors"), settings=settings,

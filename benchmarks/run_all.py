@@ -3,9 +3,11 @@
 Each module exposes `run() -> {name: {value, unit, better, what}}`, measuring the
 compared variants side by side in one run. This runner registers the pack as
 `comfyui_parallel` and configures ComfyUI before loading them; run one benchmark with
-`python benchmarks/run_all.py bench_<name>`. A failing benchmark is reported and the
-others still run; the exit status says whether all succeeded.
+`python benchmarks/run_all.py bench_<name>` (its figures replace those in results.json, the others
+stay). An unknown benchmark or option is refused before anything runs or is written. A failing
+benchmark is reported and the others still run; the exit status says whether all succeeded.
 """
+import argparse
 import importlib.util
 import json
 import sys
@@ -29,6 +31,19 @@ def check(name: str, figure: dict) -> None:
     missing = REQUIRED_KEYS - figure.keys()
     if missing or figure["better"] not in ("higher", "lower"):
         raise ValueError(f"{name}: malformed figure {figure}")
+
+
+def parse(argv: list[str]) -> list[str]:
+    """The benchmarks named on the command line (none: all); argparse exits on anything else."""
+    names = sorted(path.stem for path in HERE.glob("bench_*.py"))
+    parser = argparse.ArgumentParser(description="Run benchmarks/bench_*.py and write benchmarks/results.json.")
+    parser.add_argument("only", nargs="*", metavar="bench_NAME",
+                        help="run only these (" + ", ".join(names) + "); their figures replace those in results.json")
+    only = parser.parse_args(argv).only
+    unknown = [name for name in only if name not in names]
+    if unknown:  # (argparse's choices= rejects an empty list with nargs="*" on Python 3.11)
+        parser.error(f"unknown benchmark {', '.join(unknown)}; allowed: {', '.join(names)}")
+    return only
 
 
 def main(only: list[str]) -> int:
@@ -61,4 +76,4 @@ def main(only: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main(parse(sys.argv[1:])))

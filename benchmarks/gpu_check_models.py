@@ -1,0 +1,121 @@
+"""The model parts of `make gpu-check` (see gpu_check.py): SeedVR at 720p, the Multi-GPU modes on one device.
+
+SeedVR runs through models/seedvr's public pipeline (`SeedVRModel`, `upscale`) with the loader's
+defaults (blocks_to_swap 0, no VAE tiling) and one step; the peak of each phase is read when the
+next begins (the DiT's first forward ends the encode phase, the VAE's first decode the DiT phase).
+The modes are the pack's own Multi-GPU patcher over `sizes.mode_devices` (cuda:0,cuda:0: both
+"devices" share the GPU, so its streams and copies run) on a small Wan sampled by ComfyUI's sampler,
+each equal to the plain MODEL within bf16 tolerance.
+"""
+import time
+
+import torch
+
+from gpu_check import GIB, Sizes, figure, peak_bytes, reset_peak
+
+
+def _random_seedvr(name: str, sizes: Sizes, device: torch.device):
+    from comfyui_parallel.models.seedvr import build, config
+    from comfyui_parallel.models.seedvr.pipeline import SeedVRModel
+
+    variant = config.variant(name)
+    if sizes.seedvr_tiny:
+        dit, vae = build.small_models(config.small_dit(variant.dit.family), config.small_vae())
+    else:
+        dit, vae = build.meta_dit(name), build.meta_vae()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    generator = torch.Generator(device).manual_seed(0)
+    for module in (dit, vae):
+        module.to_empty(device=device)
+        with torch.no_grad():
+            for key, tensor in module.state_dict().items():
+                if not key.endswith("rope.freqs"):
+                    tensor.normal_(0.0, 0.02, generator=generator)
+        module.to(dtype).eval()
+    return SeedVRModel(dit, vae, name, variant.sampler, device=device, offload_device=torch.device("cpu"))
+
+
+class PhasePeaks:
+    """Peak device memory of the encode, DiT and decode phases of one upscale."""
+
+    def __init__(self, model, device: torch.device):
+        self.device, self.peaks, self.phase = device, {}, "encode"
+        model.dit.register_forward_pre_hook(lambda *_: self.next("dit"))
+        decode = model.vae.decode
+        model.vae.decode = lambda *a, **k: (self.next("decode"), decode(*a, **k))[1]
+
+    def next(self, phase: str) -> None:
+        if phase != self.phase and phase not in self.peaks:
+            self.peaks[self.phase] = peak_bytes(self.device)
+            self.phase = phase
+            reset_peak(self.device)
+
+    def done(self) -> dict:
+        self.peaks[self.phase] = peak_bytes(self.device)
+        return self.peaks
+
+
+def seedvr_peaks(sizes: Sizes, device: torch.device) -> dict:
+    from comfyui_parallel.models.seedvr.pipeline import UpscaleSettings, upscale
+
+    results = {}
+    height, width = sizes.seedvr_size
+    for name in sizes.seedvr:
+        model = _random_seedvr(name, sizes, device)
+        frames = torch.rand(sizes.seedvr_frames, height, width, 3, generator=torch.Generator().manual_seed(0))
+        emb = torch.randn(16, model.dit.cfg.txt_in_dim)
+        settings = UpscaleSettings(res_h=height, res_w=width, sample_steps=1, cfg_scale=model.sampler.cfg_scale)
+        phases = PhasePeaks(model, device)
+        reset_peak(device)
+        start = time.perf_counter()
+        out = upscale(model, frames, emb, emb, settings)
+        seconds = time.perf_counter() - start
+        peaks = phases.done()
+        assert out.shape[0] == sizes.seedvr_frames and torch.isfinite(out).all()
+        size = name.rsplit("_", 1)[1]
+        dit, vae = peaks.get("dit", 0) / GIB, max(peaks.get("encode", 0), peaks.get("decode", 0)) / GIB
+        print(f"   {name}: {seconds:.1f} s, peak DiT phase {dit:.2f} GiB, VAE phases {vae:.2f} GiB")
+        what = f"{width}x{height}, {sizes.seedvr_frames} frames, one step, loader defaults (no swap, no VAE tiles)"
+        results[f"seedvr_{size}_peak_gb_720p_measured"] = figure(max(dit, vae), "GiB", "lower",
+                                                                 f"measured peak of {name}: {what}")
+        results[f"seedvr_{size}_dit_peak_gb_720p_measured"] = figure(dit, "GiB", "lower", f"DiT phase: {what}")
+        results[f"seedvr_{size}_vae_peak_gb_720p_measured"] = figure(vae, "GiB", "lower", f"VAE phases: {what}")
+        results[f"seedvr_{size}_seconds_720p"] = figure(seconds, "s", "lower", f"{name} upscale: {what}")
+        del model
+    return results
+
+
+def _sample(model, seed: int = 3):
+    import comfy.sample
+
+    generator = torch.Generator().manual_seed(seed)
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    positive = [[torch.randn(1, 8, 4096, generator=generator), {}]]
+    negative = [[torch.randn(1, 8, 4096, generator=generator), {}]]
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, 2, 5.0, "euler", "simple", positive, negative, latent, seed=seed,
+                               disable_pbar=True)
+
+
+def mode_equality(sizes: Sizes, device: torch.device) -> dict:
+    """The largest difference to plain of data_parallel and block_distribution over `sizes.mode_devices`."""
+    import comfy.model_management
+    import comfy.sd
+    from devtools.demo_models import tiny_wan_state_dict
+
+    from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve
+
+    model = comfy.sd.load_diffusion_model_state_dict(tiny_wan_state_dict(num_layers=4, seed=2))
+    expected = _sample(model)
+    results = {}
+    for mode in ("data_parallel", "block_distribution"):
+        parallel = apply_multi_gpu(model, resolve(model, MultiGPURequest(mode, sizes.mode_devices)))
+        difference = (_sample(parallel) - expected).abs().max().item()
+        comfy.model_management.unload_all_models()
+        tolerance = 2e-2 if device.type == "cuda" else 1e-4
+        print(f"   {mode} over {sizes.mode_devices}: largest difference to plain {difference:.2e}")
+        assert difference <= tolerance, f"{mode} differs from plain by {difference} (tolerance {tolerance})"
+        results[f"mode_{mode}_max_abs_diff_one_gpu"] = figure(difference, "abs", "lower",
+                                                              f"{mode} over {sizes.mode_devices} vs plain, tiny Wan, "
+                                                              f"2 euler steps (tolerance {tolerance})")
+    return results
