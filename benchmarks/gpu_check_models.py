@@ -15,18 +15,20 @@ from gpu_check import GIB, Sizes, figure, peak_bytes, reset_peak
 
 
 def _random_seedvr(name: str, sizes: Sizes, device: torch.device):
-    from comfyui_parallel.models.seedvr import build, config
+    """SeedVR `name` (or the tiny configs) built on the device, random weights, rotary frequencies as built."""
+    from comfyui_parallel.models.seedvr import config
+    from comfyui_parallel.models.seedvr.dit import NaDiT
     from comfyui_parallel.models.seedvr.pipeline import SeedVRModel
+    from comfyui_parallel.models.seedvr.vae import VideoVAE
 
     variant = config.variant(name)
-    if sizes.seedvr_tiny:
-        dit, vae = build.small_models(config.small_dit(variant.dit.family), config.small_vae())
-    else:
-        dit, vae = build.meta_dit(name), build.meta_vae()
+    tiny = (config.small_dit(variant.dit.family), config.small_vae())
+    dit_cfg, vae_cfg = tiny if sizes.seedvr_tiny else (variant.dit, config.VAE_FULL)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     generator = torch.Generator(device).manual_seed(0)
+    with torch.device(device):
+        dit, vae = NaDiT(dit_cfg), VideoVAE(vae_cfg)
     for module in (dit, vae):
-        module.to_empty(device=device)
         with torch.no_grad():
             for key, tensor in module.state_dict().items():
                 if not key.endswith("rope.freqs"):
