@@ -45,6 +45,10 @@ def test_post_free_ends_the_kept_workers_and_the_next_prompt_starts_new_ones(ser
     assert len(kept) >= 2, "the stage workers are kept for the next prompt"
     server.free()
     assert wait_for(lambda: not worker_pids(server) & kept), f"workers outlived POST /free: {worker_pids(server)}"
-    again = server.run(svd_prompt(input_dir), timeout=900)
+    # Another seed: ComfyUI applies /free's cache reset only when its prompt thread next wakes, so the same
+    # prompt queued right after could still be answered from the cache, with no sampler run at all.
+    prompt = svd_prompt(input_dir)
+    prompt["5"]["inputs"]["seed"] += 1
+    again = server.run(prompt, timeout=900)
     assert again.status == "success", again.error_text
     assert worker_pids(server) and not worker_pids(server) & kept
