@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ..utils.errors import Cancelled, InputError
+from .backend import current_message_device
 
 _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.int64, torch.int32]
 _HEADER_LEN = 12  # dtype code, ndim, up to 8 dims, name length, spare
@@ -91,7 +92,7 @@ def send_tensors(tensors: dict[str, torch.Tensor], dst: int) -> list:
     name's bytes and the data. Sends are asynchronous so that a stage never blocks on a
     neighbour that has not reached its receive yet.
     """
-    device = _comm_device()
+    device = current_message_device()
     parts = [torch.tensor([len(tensors)], dtype=torch.int64)]
     for name, tensor in tensors.items():
         tensor = tensor.detach().contiguous()
@@ -106,7 +107,7 @@ def send_tensors(tensors: dict[str, torch.Tensor], dst: int) -> list:
 
 def recv_tensors(src: int) -> dict[str, torch.Tensor]:
     """Receive what send_tensors sent from rank src (tensors land on this rank's comm device)."""
-    device = _comm_device()
+    device = current_message_device()
     count = torch.zeros(1, dtype=torch.int64, device=device)
     dist.recv(count, src)
     tensors = {}
@@ -125,13 +126,6 @@ def recv_tensors(src: int) -> dict[str, torch.Tensor]:
 def wait_sent(pending: list) -> None:
     for _, work in pending:
         work.wait()
-
-
-def _comm_device() -> torch.device:
-    """nccl moves CUDA tensors only; gloo moves CPU tensors."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 # --- the stage loop ------------------------------------------------------------------------------
@@ -217,7 +211,7 @@ class StageLoop:
                 self.check_cancelled()
             except Exception as error:  # the worker's own Cancelled type, whatever module it lives in
                 local_error = error
-        flag = torch.tensor([1 if local_error is not None else 0], dtype=torch.int64, device=_comm_device())
+        flag = torch.tensor([1 if local_error is not None else 0], dtype=torch.int64, device=current_message_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if not flag.item():
             return

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from ..utils.errors import Cancelled
+from .backend import group_backend, init_options
 from .shared_weights import SharedWeights
 
 PACK_PREFIX = __name__.rsplit(".", 2)[0]
@@ -285,17 +286,15 @@ def _run_call(ctx: WorkerContext, channel: Channel, message: dict) -> None:
 def _init_group(settings: WorkerSettings) -> torch.device:
     """Join the torch.distributed group: nccl for CUDA tensors (gloo beside it for CPU ones)."""
     device = torch.device(settings.device)
-    backend = "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        backend = "cpu:gloo,cuda:nccl"
     if settings.store_path:
         store = dist.FileStore(settings.store_path, settings.world_size)
     else:
         store = dist.TCPStore(settings.master_addr, settings.master_port, is_master=False,
                               timeout=timedelta(seconds=settings.start_timeout_s))
-    dist.init_process_group(backend, store=store, rank=settings.rank, world_size=settings.world_size,
-                            timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(group_backend(device), store=store, rank=settings.rank, world_size=settings.world_size,
+                            timeout=COLLECTIVE_TIMEOUT, **init_options(device))
     return device
 
 

@@ -96,3 +96,10 @@ class WithBuffer(torch.nn.Module):
 
     def forward(self, x):
         return self.proj(x) * self.scale
+
+
+def message_backend(ctx):
+    """The running group's backend mapping and the device the step pipeline sends tensors on."""
+    from comfyui_parallel.parallel.backend import current_message_device
+
+    return {"config": dist.get_backend_config(), "device": str(current_message_device())}
