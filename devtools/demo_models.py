@@ -82,6 +82,7 @@ WRITERS.update({
     # tiny SeedVR DiT and VAE (demo_seedvr.py)
     ("seedvr", "tiny_seedvr2_dit.safetensors"): _lazy_writer("demo_seedvr", "write_tiny_dit"),
     ("seedvr", "tiny_seedvr_vae.safetensors"): _lazy_writer("demo_seedvr", "write_tiny_vae"),
+    ("seedvr", "tiny_seedvr2_3b_fp16.safetensors"): _lazy_writer("demo_seedvr", "write_tiny_comfy_org_dit"),
     # the smallest UNet ComfyUI detects as SVD, and a rank-4 LoRA for it (tiny_svd.py)
     ("diffusion_models", "min_svd_unet.safetensors"): _lazy_writer("tiny_svd", "write_min_svd_unet"),
     ("loras", "min_svd_lora.safetensors"): _lazy_writer("tiny_svd", "write_min_svd_lora"),

@@ -4,6 +4,8 @@ A 2-block DiT of the 3B family (width 64, text width 32) and a 4-level VAE with 
 layout and compression (channels 32/32/64/64), saved as safetensors with the official key names;
 `variant=auto` reads their sizes from the weights. Text embeddings for them (32 wide) go to
 workflows/inputs/ as Load Conditioning files (`python -m devtools.demo_seedvr` rewrites them).
+The same DiT also comes in Comfy-Org's repackaged layout (fp16, the official keys plus
+`positive_conditioning` [58, width] and `negative_conditioning` [64, width]).
 """
 from pathlib import Path
 
@@ -17,6 +19,7 @@ TINY_DIT = "tiny_seedvr2_dit.safetensors"
 TINY_VAE = "tiny_seedvr_vae.safetensors"
 POS_EMB = "seedvr_tiny_pos_emb.safetensors"
 NEG_EMB = "seedvr_tiny_neg_emb.safetensors"
+TINY_COMFY_ORG_DIT = "tiny_seedvr2_3b_fp16.safetensors"
 
 
 def _pack():
@@ -42,6 +45,16 @@ def write_tiny_dit(path: Path) -> None:
 
 def write_tiny_vae(path: Path) -> None:
     _save(tiny_models()[1], path)
+
+
+def write_tiny_comfy_org_dit(path: Path, dtype: torch.dtype = torch.float16) -> None:
+    """The tiny DiT as Comfy-Org repackages SeedVR2: weights in `dtype`, embeddings baked in."""
+    dit = tiny_models()[0]
+    state = {k: (v if k.endswith("rope.rope.freqs") else v.to(dtype)).contiguous() for k, v in dit.state_dict().items()}
+    generator = torch.Generator().manual_seed(8)
+    for name, count in (("positive", 58), ("negative", 64)):
+        state[f"{name}_conditioning"] = torch.randn(count, dit.cfg.txt_in_dim, generator=generator).to(dtype)
+    save_file(state, str(path))
 
 
 def write_embeddings(folder: Path, tokens: tuple = (6, 8), width: int = 32) -> list:

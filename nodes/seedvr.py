@@ -58,8 +58,9 @@ class SeedVRLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "dit_name": (_files(DIT_FOLDERS), {"tooltip": "SeedVR / SeedVR2 DiT checkpoint (seedvr2_ema_3b.pth, "
-                         ".safetensors conversions) from models/seedvr or models/diffusion_models."}),
+            "dit_name": (_files(DIT_FOLDERS), {"tooltip": "SeedVR / SeedVR2 DiT checkpoint (official seedvr2_ema_3b.pth, "
+                         "Comfy-Org's seedvr2_3b_fp16 / _fp8_e4m3fn / 7b_sharp with their baked-in text embeddings, "
+                         "other .safetensors conversions) from models/seedvr or models/diffusion_models."}),
             "vae_name": (_files(VAE_FOLDERS), {"tooltip": "SeedVR's causal video VAE (ema_vae.pth) from models/seedvr "
                          "or models/vae."}),
             "variant": (["auto", *VARIANTS], {"default": "auto", "tooltip": "auto reads the size from the weights "
@@ -85,16 +86,17 @@ class SeedVRLoader:
         if vae_tile_size and vae_tile_overlap >= vae_tile_size:
             raise InputError("vae_tile_overlap", f"{vae_tile_overlap} for tiles of {vae_tile_size}",
                              f"less than vae_tile_size ({vae_tile_size})")
-        dit, name, sampler = load_dit(_find(dit_name, DIT_FOLDERS, "dit_name"), variant, dtype)
+        dit, name, sampler, embeddings = load_dit(_find(dit_name, DIT_FOLDERS, "dit_name"), variant, dtype)
         if blocks_to_swap > len(dit.blocks):
             raise InputError("blocks_to_swap", f"{blocks_to_swap} for a DiT of {len(dit.blocks)} blocks",
                              f"0..{len(dit.blocks)}")
         vae = load_vae(_find(vae_name, VAE_FOLDERS, "vae_name"), dtype)
         vae.tiles = TileConfig(vae_tile_size, vae_tile_overlap)
         model = SeedVRModel(dit, vae, name, sampler, device=device, offload_device=torch.device("cpu"),
-                            blocks_to_swap=blocks_to_swap)
+                            blocks_to_swap=blocks_to_swap, embeddings=embeddings)
+        baked = f", baked-in {' / '.join(embeddings)} embeddings" if embeddings else ""
         print(f"[SeedVR] loaded {name} DiT ({len(dit.blocks)} blocks, {dtype}) on {device}, "
-              f"blocks_to_swap={blocks_to_swap}")
+              f"blocks_to_swap={blocks_to_swap}{baked}")
         return (model,)
 
 
@@ -115,9 +117,6 @@ class SeedVRUpscaler:
         return {"required": {
             "images": ("IMAGE", {"tooltip": "Video frames (or one image) to restore / upscale."}),
             "seedvr_model": ("SEEDVR_MODEL", {"tooltip": "From SeedVR Loader."}),
-            "positive": ("CONDITIONING", {"tooltip": "Positive text embedding (the official pos_emb.pt through "
-                         "Load Conditioning)."}),
-            "negative": ("CONDITIONING", {"tooltip": "Negative text embedding (neg_emb.pt); used when cfg_scale != 1."}),
             "res_h": ("INT", {"default": 720, "min": 16, "max": 8192, "step": 16, "tooltip": "Target height; with "
                       "res_w it sets the output area, the input's aspect ratio is kept (sides cropped to x16)."}),
             "res_w": ("INT", {"default": 1280, "min": 16, "max": 8192, "step": 16, "tooltip": "Target width (see res_h)."}),
@@ -132,6 +131,11 @@ class SeedVRUpscaler:
                                  "chunks, cross-faded to hide seams."}),
             "color_fix": (list(METHODS), {"default": "wavelet", "tooltip": "Match colours to the input: wavelet (low "
                           "frequencies from the input), adain (channel mean/std) or none."}),
+        }, "optional": {
+            "positive": ("CONDITIONING", {"tooltip": "Positive text embedding (the official pos_emb.pt through "
+                         "Load Conditioning). Optional when the checkpoint carries its own (Comfy-Org's files)."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative text embedding (neg_emb.pt); used when cfg_scale != 1. "
+                         "Optional when the checkpoint carries its own."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
@@ -139,8 +143,8 @@ class SeedVRUpscaler:
     CATEGORY = "parallel/seedvr"
     DESCRIPTION = "Restore / upscale video frames with SeedVR on one GPU (block swap and tiled VAE from the loader)."
 
-    def upscale(self, images, seedvr_model, positive, negative, res_h, res_w, cfg_scale, sample_steps, seed,
-                batch_size, temporal_overlap, color_fix):
+    def upscale(self, images, seedvr_model, res_h, res_w, cfg_scale, sample_steps, seed, batch_size,
+                temporal_overlap, color_fix, positive=None, negative=None):
         if not isinstance(seedvr_model, SeedVRModel):
             raise InputError("seedvr_model", f"got {type(seedvr_model).__name__}", "the output of SeedVR Loader")
         settings = UpscaleSettings(res_h, res_w, cfg_scale, sample_steps, seed, batch_size, temporal_overlap, color_fix)

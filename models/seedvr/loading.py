@@ -5,7 +5,14 @@ The DiT is built on the meta device and the checkpoint's tensors are assigned (c
 requested precision, fp8 upcast), so a 7B never exists twice in memory. `variant="auto"` reads
 the architecture from the weights (any size, including the small test models); a named variant
 builds the official config and any difference is reported key by key. The only tolerated gap:
-the rotary `rope.rope.freqs` buffers, constants that some conversions drop, are recomputed.
+the rotary `rope.rope.freqs` buffers, constants that some conversions drop (or store rounded to
+fp16 / fp8), are recomputed in float32.
+
+Comfy-Org's repackaged files (seedvr2_3b_fp16, seedvr2_7b_fp16, *_fp8_e4m3fn,
+seedvr2_7b_sharp_fp16, the ones today's ComfyUI loads natively) are the official keys plus two
+buffers, `positive_conditioning` [58, 5120] and `negative_conditioning` [64, 5120], the text
+embeddings baked in: they are taken out (checked to be [tokens, txt_in_dim]) and returned as the
+model's own embeddings; everything else is matched as strictly as in an official file.
 """
 import re
 from pathlib import Path
@@ -19,6 +26,7 @@ from .dit import NaDiT
 from .rope import MMRope3d, PixelRope3d
 
 ROPE_SUFFIX = "attn.rope.rope.freqs"
+EMBEDDING_KEYS = ("positive", "negative")
 _OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
@@ -118,10 +126,11 @@ def _cast(state: dict, dtype: torch.dtype) -> dict:
 
 
 def _fill_rope(model: NaDiT, state: dict) -> None:
+    """Rotary constants that are missing, or stored rounded (fp16 / fp8 files), computed in float32."""
     rope_cls = MMRope3d if model.cfg.family == "v2" else PixelRope3d
     freqs = rope_cls(model.cfg.rope_axis_dim).rope.freqs
     for key in model.state_dict():
-        if key.endswith(ROPE_SUFFIX) and key not in state:
+        if key.endswith(ROPE_SUFFIX) and (key not in state or state[key].dtype != torch.float32):
             state[key] = freqs.clone()
 
 
@@ -133,23 +142,44 @@ def variant_name(cfg: DiTConfig, file_name: str) -> str:
     return f"{generation}_{size}"
 
 
+def take_embeddings(state: dict, width: int, input_name: str) -> dict:
+    """Pop Comfy-Org's baked-in conditioning buffers: {"positive": [L, width], "negative": ...} float32."""
+    embeddings = {}
+    for name in EMBEDDING_KEYS:
+        tensor = state.pop(f"{name}_conditioning", None)
+        if tensor is None:
+            continue
+        if tensor.ndim != 2 or tensor.shape[1] != width or not tensor.is_floating_point():
+            raise InputError(input_name, f"{name}_conditioning has shape {tuple(tensor.shape)} ({tensor.dtype})",
+                             f"[tokens, {width}], the text embedding width of this DiT")
+        embeddings[name] = tensor.float()
+    return embeddings
+
+
 def load_dit(path: Path, variant_choice: str, dtype: torch.dtype, input_name: str = "dit_name") -> tuple:
-    """(NaDiT on the CPU in `dtype`, variant name, sampler defaults)."""
-    state = read_state_dict(path, input_name)
+    """(NaDiT on the CPU in `dtype`, variant name, sampler defaults, baked-in embeddings ({} if none))."""
+    return dit_from_state(read_state_dict(path, input_name), variant_choice, path.name, dtype, input_name)
+
+
+def dit_from_state(state: dict, variant_choice: str, file_name: str, dtype: torch.dtype,
+                   input_name: str = "dit_name") -> tuple:
+    """`load_dit` on a state_dict read from `file_name` (its tensors are assigned, not copied)."""
+    state = dict(state)
     if variant_choice == "auto":
         cfg = infer_dit_config(state, input_name)
-        name = variant_name(cfg, path.name)
+        name = variant_name(cfg, file_name)
     elif variant_choice in VARIANTS:
         cfg, name = variant(variant_choice).dit, variant_choice
     else:
         raise InputError("variant", f"unknown variant {variant_choice!r}", "auto, " + ", ".join(VARIANTS))
+    embeddings = take_embeddings(state, cfg.txt_in_dim, input_name)
     with torch.device("meta"):
         dit = NaDiT(cfg)
     check_keys(dit, state, input_name, f"the {name} DiT ({cfg.num_layers} blocks, width {cfg.vid_dim})")
     _fill_rope(dit, state)
     dit.load_state_dict(_cast(state, dtype), strict=True, assign=True)
     sampler = SAMPLER_V1 if name.startswith("seedvr_") else SAMPLER_V2
-    return dit.eval().requires_grad_(False), name, sampler
+    return dit.eval().requires_grad_(False), name, sampler, embeddings
 
 
 def load_vae(path: Path, dtype: torch.dtype, input_name: str = "vae_name"):

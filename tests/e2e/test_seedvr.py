@@ -65,3 +65,28 @@ def test_embedding_of_wrong_width_is_a_clear_error(server, seedvr_inputs):
     assert result.status == "error"
     assert "positive" in result.error_text and "[tokens, 32]" in result.error_text
     assert server.run(WORKFLOW).status == "success"  # the server stays up and works
+
+
+def _comfy_org_prompt(**upscaler):
+    """Comfy-Org's layout (fp16, embeddings baked in): no Load Conditioning nodes at all."""
+    prompt = _prompt(cfg_scale=2.0, sample_steps=2, batch_size=1, **upscaler)
+    prompt["1"]["inputs"]["dit_name"] = "tiny_seedvr2_3b_fp16.safetensors"
+    for node in ("2", "3"):
+        del prompt[node]
+    for name in ("positive", "negative"):
+        del prompt["6"]["inputs"][name]
+    return prompt
+
+
+def test_comfy_org_file_runs_on_its_baked_embeddings(server, seedvr_inputs):
+    """Without Load Conditioning nodes the baked-in embeddings are used; the official layout without
+    embeddings given is a clear error naming the input, and the server stays up."""
+    baked = server.run(_comfy_org_prompt())
+    assert baked.status == "success", baked.error_text
+    assert len(_frames(baked, server)) == 5
+    prompt = _comfy_org_prompt()
+    prompt["1"]["inputs"]["dit_name"] = WORKFLOW["1"]["inputs"]["dit_name"]
+    missing = server.run(prompt)
+    assert missing.status == "error"
+    assert "positive: no text embedding was given and the checkpoint carries none" in missing.error_text
+    assert server.run(_comfy_org_prompt(seed=5)).status == "success"

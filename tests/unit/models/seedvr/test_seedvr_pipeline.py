@@ -113,3 +113,16 @@ def test_color_fixes_move_statistics_towards_the_reference():
     wave = wavelet_fix(content, style)
     assert (wave.mean() - style.mean()).abs() < 0.05
     assert torch.equal(color_fix(content, style, "none"), content)
+
+
+def test_embeddings_baked_into_the_checkpoint_stand_in_for_missing_inputs(model):
+    given = _run(model)
+    model.embeddings = {"positive": _emb(4, 1)[0], "negative": _emb(6, 2)[0]}
+    try:
+        baked = upscale(model, _frames(), None, None, SETTINGS)
+        only_negative_baked = upscale(model, _frames(), _emb(4, 1), None, SETTINGS)
+        other_positive = upscale(model, _frames(), _emb(4, 9), None, SETTINGS)
+    finally:
+        model.embeddings = {}
+    assert torch.equal(baked, given) and torch.equal(only_negative_baked, given)
+    assert not torch.equal(other_positive, given)  # a given input wins over the baked-in one
