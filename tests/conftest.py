@@ -25,3 +25,12 @@ def models_cache() -> Path:
     cache = REPO / "out" / "models-cache"
     ensure_models(cache)
     return cache
+
+
+@pytest.fixture
+def simulated_devices():
+    """Devices cpu:1, cpu:2, ... that really hold their own tensors (devtools/simulated_devices.py)."""
+    from devtools.simulated_devices import simulated_devices as turn_on
+
+    with turn_on():
+        yield
