@@ -1,0 +1,144 @@
+"""FSDP2 weight sharding of a model's block list over a process group, and its memory figures.
+
+`distributed` with weight_sharding fsdp gives every rank 1/N of each block's weights: torch's
+own FSDP2 (`fully_shard` on a device mesh of the group) gathers a block's weights just before
+it runs, frees them after (reshard_after_forward) and prefetches the next block's, so a rank
+holds its shards plus at most two whole blocks. The model's other weights (embeddings, head)
+are `ignored_params` of the root: replicated, untouched.
+
+On the CPU a rank's shards can be views of one shared copy of the weights (`adopt_shards`):
+FSDP2 re-reads each parameter's local tensor after `load_state_dict(assign=True)`, and a
+dim-0 shard of a contiguous weight is a contiguous slice of it, so N ranks on one machine hold
+one copy of the blocks between them, not N.
+
+`resident_bytes` measures what a rank holds from its tensors; `fsdp_device_bytes` and
+`choose_sharding` are the planning side (weights only, sizes from meta modules too).
+"""
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Shard
+
+from ..utils.errors import InputError
+
+SHARDINGS = ("auto", "replicate", "fsdp")
+
+
+def group_mesh(device: torch.device, world_size: int) -> DeviceMesh:
+    """A 1-D device mesh over the whole default process group, on `device`'s type."""
+    return init_device_mesh(device.type, (world_size,))
+
+
+def placement_for(world_size: int):
+    """shard_placement_fn: dim 0, except for a weight whose dim 0 is shorter than the group (Wan's
+    [1, 6, dim] modulation): its longest evenly dividing dim, so it is split too, not left on one rank."""
+    def placement(param: nn.Parameter) -> Shard:
+        if param.shape[0] >= world_size:
+            return Shard(0)
+        even = [d for d in range(param.dim()) if param.shape[d] % world_size == 0]
+        return Shard(max(even, key=lambda d: param.shape[d])) if even else Shard(0)
+
+    return placement
+
+
+def shard_blocks(root: nn.Module, blocks: nn.ModuleList, mesh: DeviceMesh, device: torch.device,
+                 prefetch: bool = True) -> None:
+    """fully_shard each block (moved to `device` one at a time, never the whole model at once), then
+    `root` with every other parameter ignored (replicated); block i prefetches block i + 1."""
+    placement = placement_for(mesh.size())
+    in_blocks = {id(p) for p in blocks.parameters()}
+    for block in blocks:
+        block.to(device)
+        fully_shard(block, mesh=mesh, reshard_after_forward=True, shard_placement_fn=placement)
+    others = {p for p in root.parameters() if id(p) not in in_blocks}
+    fully_shard(root, mesh=mesh, reshard_after_forward=True, ignored_params=others)
+    if prefetch:
+        for block, following in zip(blocks, list(blocks)[1:]):
+            block.set_modules_to_forward_prefetch([following])
+
+
+def _local_chunk(full: torch.Tensor, param: DTensor) -> torch.Tensor | None:
+    """This rank's shard of `full` as a view, when it is exactly FSDP's local tensor (dim 0, unpadded)."""
+    (placement,) = param.placements
+    local = param.to_local()
+    world, rank = param.device_mesh.size(), param.device_mesh.get_local_rank()
+    if placement.dim != 0 or full.shape[0] % world or full.device != local.device or full.dtype != local.dtype:
+        return None
+    chunk = full.chunk(world, dim=0)[rank]
+    return chunk if chunk.shape == local.shape and chunk.is_contiguous() else None
+
+
+def adopt_shards(blocks: nn.ModuleList, full_weights: Mapping[str, torch.Tensor], prefix: str = "") -> int:
+    """Make each block parameter's local shard a view of `full_weights[prefix + name]` (one shared copy)
+    instead of FSDP's private copy, where the shard is a contiguous dim-0 slice; returns the bytes adopted."""
+    adopted = 0
+    for index, block in enumerate(blocks):
+        replaced = {}
+        for name, param in block.named_parameters():
+            full = full_weights.get(f"{prefix}{index}.{name}")
+            chunk = _local_chunk(full, param) if isinstance(param, DTensor) and full is not None else None
+            if chunk is not None:
+                replaced[name] = DTensor.from_local(chunk, param.device_mesh, param.placements, run_check=False,
+                                                    shape=param.shape, stride=param.stride())
+                adopted += chunk.numel() * chunk.element_size()
+        if replaced:
+            block.load_state_dict(replaced, strict=False, assign=True)
+    return adopted
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def resident_bytes(modules: Iterable[nn.Module]) -> int:
+    """Bytes of weights these modules hold now, read from the tensors: a sharded parameter's local shard,
+    plus any gathered (unsharded) copy FSDP still keeps allocated; a plain tensor whole."""
+    total = 0
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            total += _tensor_bytes(tensor.to_local()) if isinstance(tensor, DTensor) else _tensor_bytes(tensor)
+        state = getattr(module, "_get_fsdp_state", None)
+        group = state()._fsdp_param_group if state is not None else None
+        for fsdp_param in group.fsdp_params if group is not None else []:
+            gathered = getattr(fsdp_param, "_unsharded_param", None)
+            if gathered is not None:
+                total += gathered.untyped_storage().nbytes()
+    return total
+
+
+@dataclass(frozen=True)
+class ShardingPlan:
+    """Weights on each device for one layout, and whether it fits."""
+
+    sharding: str
+    device_bytes: int
+    capacity: int
+
+    @property
+    def fits(self) -> bool:
+        return self.device_bytes <= self.capacity
+
+
+def fsdp_device_bytes(block_sizes: list[int], rest_bytes: int, world_size: int, prefetch: bool = True) -> int:
+    """Peak weight bytes on one rank with fsdp: its shard of every block, the replicated rest, and the
+    gathered blocks alive at once (the running one, plus the prefetched next)."""
+    shards = sum(math.ceil(size / world_size) for size in block_sizes)
+    gathered = max(block_sizes, default=0) * (2 if prefetch else 1)
+    return rest_bytes + shards + gathered
+
+
+def plan_sharding(block_sizes: list[int], rest_bytes: int, world_size: int, free: int, reserve: int,
+                  sharding: str = "auto") -> ShardingPlan:
+    """The layout for `sharding` (auto: replicate when a replica plus the reserve fits the device, else fsdp)."""
+    if sharding not in SHARDINGS:
+        raise InputError("weight_sharding", f"'{sharding}' is not an option", ", ".join(SHARDINGS))
+    capacity = max(free - reserve, 0)
+    replica = ShardingPlan("replicate", rest_bytes + sum(block_sizes), capacity)
+    if sharding == "replicate" or (sharding == "auto" and replica.fits):
+        return replica
+    return ShardingPlan("fsdp", fsdp_device_bytes(block_sizes, rest_bytes, world_size), capacity)
