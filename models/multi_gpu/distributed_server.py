@@ -22,14 +22,10 @@ from ...parallel.worker_runtime import to_cpu
 from ...utils.errors import Cancelled
 from ..comfy import management as host
 from ..wan.family import wan_spec
+from .layout import call_layout, combine, most_cfg_groups
 
 WORKER_FN = "models.multi_gpu.distributed_worker"
 log = logging.getLogger(__name__)
-
-
-def cfg_degree_for(world: int) -> int:
-    """CFG groups for `world` ranks: the cond / uncond pair split over two halves from 4 ranks on."""
-    return 2 if world >= 4 and world % 2 == 0 else 1
 
 
 class _Lease:
@@ -63,7 +59,8 @@ class DistributedRunner:
         names = [str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices]
         config = WorkerGroupConfig(devices=names, comfyui_dir=str(host.comfyui_dir()))
         self.spec = spec
-        self.cfg_degree = cfg_degree_for(len(names))
+        self.cfg_degree = most_cfg_groups(len(names))  # CFG groups of a call whose batch splits
+        self.last_tokens: list[int] = []  # real tokens each rank computed in the last call
         self.lease = _Lease(("wan_distributed", tuple(names), config.comfyui_dir), config)
         self._finalizer = weakref.finalize(self, self.lease.release)
 
@@ -75,7 +72,9 @@ class DistributedRunner:
                   "time_dim_concat": time_dim_concat, "kwargs": kwargs,
                   "rope_options": transformer_options.get("rope_options")}
         results = self._call(group, "forward", token, to_cpu(inputs))
-        return self._combine(results, x.shape[0]).to(device=x.device)
+        self.last_tokens = [result["tokens"] for result in results]
+        outputs = [result["out"] for result in results]
+        return combine(outputs, call_layout(x.shape[0], len(results))).to(device=x.device)
 
     def _call(self, group: WorkerGroup, fn: str, *args) -> list:
         """group.call with ComfyUI's cancel button polled; a cancel becomes ComfyUI's interrupt."""
@@ -96,16 +95,9 @@ class DistributedRunner:
         if POOL.holds(self.lease.key, token):
             return token
         weights = POOL.shared(self.lease.key, id(self.lease), identity, module.state_dict)
-        self._call(group, "load_model", self.spec, weights, token, self.cfg_degree)
+        self._call(group, "load_model", self.spec, weights, token)
         POOL.mark_loaded(self.lease.key, token)
         return token
-
-    def _combine(self, results: list, batch: int) -> torch.Tensor:
-        """The output rows from each sequence group's first rank, in batch order."""
-        size = len(results) // self.cfg_degree
-        if self.cfg_degree > 1 and batch % self.cfg_degree == 0:
-            return torch.cat([results[g * size] for g in range(self.cfg_degree)], dim=0)
-        return results[0]
 
     @property
     def pids(self) -> list[int]:
@@ -124,6 +116,7 @@ class DistributedRunner:
 def distributed_runner(patcher) -> DistributedRunner:
     """The runner for a Multi-GPU patcher whose mode is distributed."""
     runner = DistributedRunner(patcher.multi_gpu.devices, wan_spec(patcher).to_message())
-    log.info("distributed: %d workers, %d CFG group(s) of %d sequence ranks", len(runner.lease.config.devices),
-             runner.cfg_degree, len(runner.lease.config.devices) // runner.cfg_degree)
+    log.info("distributed: %d workers; a call with cond and uncond runs as %d CFG group(s) of %d sequence ranks, "
+             "any other call on all of them", len(runner.lease.config.devices), runner.cfg_degree,
+             len(runner.lease.config.devices) // runner.cfg_degree)
     return runner

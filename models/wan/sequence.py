@@ -16,22 +16,29 @@ forward hooks on the worker's model (a private instance, never the server's):
 import torch
 from torch import nn
 
-from ...parallel.sequence import gather_sequence, split_sequence, ulysses_attention
+from ...parallel.sequence import gather_sequence, shard_range, split_sequence, ulysses_attention
 from ..comfy import wan as comfy_wan
 from .family import wan_blocks
 
 
 class SequenceShard:
-    """One rank's place in a sequence group, and the current forward's global token count."""
+    """One rank's place in a sequence group, the current forward's global token count, and the
+    real (not padding) tokens this rank computed in it, over all batch rows."""
 
     def __init__(self, rank: int, world: int, group):
-        self.rank, self.world, self.group = rank, world, group
-        self.length = 0
+        self.use(rank, world, group)
+        self.length = self.tokens = 0
         self._rows: dict = {}
 
-    def begin(self, length: int) -> None:
-        """A new forward over `length` tokens: forget the previous forward's sliced tensors."""
+    def use(self, rank: int, world: int, group) -> None:
+        """Compute the next forwards as `rank` of a `world`-rank sequence group (set per call)."""
+        self.rank, self.world, self.group = rank, world, group
+
+    def begin(self, length: int, rows: int = 1) -> None:
+        """A new forward over `length` tokens of `rows` batch rows: forget the previous forward's slices."""
         self.length = length
+        start, stop = shard_range(length, self.rank, self.world)
+        self.tokens = rows * (stop - start)
         self._rows.clear()
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +83,7 @@ def block_pre_hook(shard: SequenceShard, first: bool):
     def hook(_module, args, kwargs):
         x = args[0]
         if first:
-            shard.begin(x.shape[1])
+            shard.begin(x.shape[1], rows=x.shape[0])
             x = shard.split(x)
         rotary, modulation = comfy_wan.ROTARY_KWARG, comfy_wan.MODULATION_KWARG
         kwargs = dict(kwargs, **{rotary: shard.rows(kwargs[rotary]), modulation: shard.per_token(kwargs[modulation])})

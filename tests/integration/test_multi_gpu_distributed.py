@@ -18,6 +18,7 @@ from comfyui_parallel.models.multi_gpu.wrappers import runner_of  # noqa: E402
 from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # attention on shards rounds differently in the last bits
+TOKENS = 2 * 4 * 4  # tokens of one latent row: LATENT_SHAPE's 2 x 8 x 8 in Wan's 1 x 2 x 2 patches
 
 
 def wan256():
@@ -123,11 +124,16 @@ def test_high_and_low_noise_pair_share_the_workers(keep_groups):
     assert runner_of(high).pids == runner_of(low).pids
 
 
-def test_four_workers_split_cfg_and_sequence(reference):
+def test_four_workers_split_cfg_or_sequence_per_call(reference):
+    """cond + uncond: two CFG groups of two sequence ranks; cfg 1 (one row per call): all four ranks
+    on the sequence. Either way the ranks' token counts add up to the batch's tokens, once each."""
     model = distributed(wan256(), "cpu,cpu,cpu,cpu")
     runner = runner_of(model)
     assert runner.cfg_degree == 2
     torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+    assert runner.last_tokens == [TOKENS // 2] * 4, "each rank: half of one row's tokens"
+    torch.testing.assert_close(sample(model, cfg=1.0), sample(wan256(), cfg=1.0), **TOLERANCE)
+    assert runner.last_tokens == [TOKENS // 4] * 4, "cfg 1: a quarter of the one row's tokens each, none twice"
     pids = runner.pids
     assert len(pids) == 4
     del model, runner
