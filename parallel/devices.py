@@ -3,7 +3,7 @@
 The nodes take a `gpu_ids` string; this module turns it into `torch.device`s and refuses
 anything that does not exist, listing what does. "cpu,cpu" gives simulated devices
 (`cpu:0`, `cpu:1`) so every multi-device path runs and is tested on a machine without a GPU
-(tensors sent to `cpu:1` land on plain `cpu`; the engines record moves to prove placement).
+(plain torch puts tensors sent to `cpu:1` on `cpu`; the tests' simulated devices keep them apart).
 Utilisation and temperature come from NVML (pynvml) or GPUtil when either is installed.
 """
 from dataclasses import dataclass
@@ -160,9 +160,11 @@ def list_devices(include_cpu: bool = True) -> list[DeviceInfo]:
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:
-    """Whether tensors on `a` and `b` share memory space (cpu:0 and cpu:1 both are plain cpu)."""
-    if a.type == "cpu" and b.type == "cpu":
-        return True
+    """Whether `a` and `b` are one device: `cpu` is `cpu:0` (as `cuda` is `cuda:0`), `cpu:1` is another.
+
+    Plain torch puts both simulated CPUs on the host, but a move between them is what a real
+    GPU pair needs, and devtools/simulated_devices.py makes cpu:1 hold tensors of its own.
+    """
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 

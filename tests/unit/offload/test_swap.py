@@ -42,15 +42,22 @@ def model():
 
 @pytest.mark.parametrize("blocks_to_swap", [0, 3, 6])
 @pytest.mark.parametrize("prefetch", [0, 1, 2])
-def test_output_equal_with_and_without_offload(model, blocks_to_swap, prefetch):
+@pytest.mark.parametrize("compute_device", ["cpu", "cpu:1"])
+def test_output_equal_with_and_without_offload(model, blocks_to_swap, prefetch, compute_device, request):
+    """cpu:1 is a simulated device holding its own tensors: a swapped block computes there only on its copies."""
+    if compute_device != "cpu":
+        request.getfixturevalue("simulated_devices")
     x = torch.randn(2, 16)
     with torch.no_grad():
         expected = model(x)
-        offloader = enable_offload(model.blocks, OffloadConfig(blocks_to_swap, prefetch_blocks=prefetch))
-        got = [model(x), model(x)]
+        config = OffloadConfig(blocks_to_swap, prefetch_blocks=prefetch, compute_device=compute_device)
+        offloader = enable_offload(model.blocks, config)
+        got = [model(x.to(compute_device)).to("cpu"), model(x.to(compute_device)).to("cpu")]
         offloader.disable()
     assert all(torch.equal(expected, out) for out in got)
     assert not offloader.fetched and not offloader.handles
+    swapped = [b.linear.weight.device for b in model.blocks[len(model.blocks) - blocks_to_swap:]]
+    assert swapped == [torch.device("cpu")] * blocks_to_swap
 
 
 def record_schedule(model, monkeypatch, config):

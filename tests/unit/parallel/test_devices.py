@@ -61,6 +61,8 @@ def test_list_devices_ends_with_cpu():
     assert len(devices.list_devices(include_cpu=False)) == devices.cuda_count()
 
 
-def test_simulated_cpus_share_storage():
-    assert devices.same_device(torch.device("cpu", 0), torch.device("cpu", 1))
+def test_simulated_cpus_are_distinct_devices_cpu_is_cpu_0():
+    assert not devices.same_device(torch.device("cpu", 0), torch.device("cpu", 1))
+    assert devices.same_device(torch.device("cpu"), torch.device("cpu", 0))
+    assert not devices.same_device(torch.device("cpu"), torch.device("meta"))
     assert devices.storage_device(torch.device("cpu", 1)) == torch.device("cpu")

@@ -4,14 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from comfyui_parallel.parallel.devices import parse_gpu_ids
+from comfyui_parallel.parallel.devices import parse_gpu_ids, same_device
 from comfyui_parallel.parallel.placement import distribute_blocks, move_to
 from comfyui_parallel.parallel.plan import block_bytes, plan_blocks
 from tiny_transformer import TinyTransformer, example_inputs
 
 
 @pytest.mark.parametrize("gpu_ids", ["cpu,cpu", "cpu,cpu,cpu"])
-def test_output_equals_plain_module(gpu_ids):
+def test_output_equals_plain_module(gpu_ids, simulated_devices):
+    """On simulated devices that hold their own tensors: a block on cpu:1 computes on cpu:1 only."""
     model, inputs = TinyTransformer(), example_inputs()
     with torch.no_grad():
         expected = model(*inputs)
@@ -24,6 +25,7 @@ def test_output_equals_plain_module(gpu_ids):
     assert dist.ran_on == [(i, devices[a]) for i, a in enumerate(plan.assignment)]
     assert {d for _, d in dist.ran_on} == set(devices)
     assert dist.block_devices == [devices[a] for a in plan.assignment]
+    assert all(same_device(b.qkv.weight.device, d) for b, d in zip(model.blocks, dist.block_devices))
 
 
 def test_ran_on_records_every_forward():
@@ -57,7 +59,7 @@ def test_undo_restores_module():
 def test_move_to_nested_keeps_identity_when_nothing_moves():
     options = {"patches": {}, "sigmas": torch.ones(2)}
     args = (torch.zeros(1), [torch.ones(1), "text"], options)
-    assert move_to(args, torch.device("cpu", 1)) is args
+    assert move_to(args, torch.device("cpu", 0)) is args
 
 
 def test_move_to_nested_moves_meta_tensors_and_rebuilds_containers():
