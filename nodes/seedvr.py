@@ -1,4 +1,9 @@
-"""SeedVR Loader and SeedVR Single-GPU Upscaler: video restoration / upscaling with SeedVR(2)."""
+"""SeedVR Loader and SeedVR Single-GPU Upscaler: video restoration / upscaling with SeedVR(2).
+
+The upscaler's optional `gpu_ids` spreads the frame chunks over several devices (one worker
+each, models/seedvr/multi_gpu_server.py); the node id keeps its historical name.
+"""
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,7 +16,8 @@ from ..models.seedvr.config import VARIANTS
 from ..models.seedvr.loading import load_dit, load_vae
 from ..models.seedvr.pipeline import Hooks, SeedVRModel, UpscaleSettings, upscale
 from ..models.seedvr.vae import TileConfig
-from ..utils.errors import InputError
+from ..parallel.devices import parse_gpu_ids
+from ..utils.errors import Cancelled, InputError
 
 FOLDER = "seedvr"
 DIT_FOLDERS = (FOLDER, "diffusion_models")
@@ -111,6 +117,18 @@ def _embedding(conditioning, input_name: str):
                          "CONDITIONING from LoadConditioningFile") from None
 
 
+def _percent_bar():
+    """ComfyUI's progress bar in percent, updated (one websocket message) only when the percentage moves."""
+    bar, shown = host.progress_bar(100), [-1]
+
+    def progress(done: int, total: int) -> None:
+        percent = int(100 * done / total)
+        if percent != shown[0]:
+            shown[0] = percent
+            bar.update_absolute(percent, 100)
+    return progress
+
+
 class SeedVRUpscaler:
     @classmethod
     def INPUT_TYPES(cls):
@@ -136,6 +154,9 @@ class SeedVRUpscaler:
                          "Load Conditioning). Optional when the checkpoint carries its own (Comfy-Org's files)."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative text embedding (neg_emb.pt); used when cfg_scale != 1. "
                          "Optional when the checkpoint carries its own."}),
+            "gpu_ids": ("STRING", {"default": "", "tooltip": "Empty: ComfyUI's device. One device ('1', 'cuda:1'): "
+                        "run there. Several ('0,1', 'all', or 'cpu,cpu' to simulate them): the frame chunks are "
+                        "spread over one worker per device, the result equals one device's."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
@@ -144,23 +165,38 @@ class SeedVRUpscaler:
     DESCRIPTION = "Restore / upscale video frames with SeedVR on one GPU (block swap and tiled VAE from the loader)."
 
     def upscale(self, images, seedvr_model, res_h, res_w, cfg_scale, sample_steps, seed, batch_size,
-                temporal_overlap, color_fix, positive=None, negative=None):
+                temporal_overlap, color_fix, positive=None, negative=None, gpu_ids=""):
         if not isinstance(seedvr_model, SeedVRModel):
             raise InputError("seedvr_model", f"got {type(seedvr_model).__name__}", "the output of SeedVR Loader")
         settings = UpscaleSettings(res_h, res_w, cfg_scale, sample_steps, seed, batch_size, temporal_overlap, color_fix)
         settings.check()
+        devices = parse_gpu_ids(gpu_ids) if gpu_ids.strip() else [seedvr_model.device]
         if seedvr_model.variant.startswith("seedvr2") and (sample_steps != 1 or cfg_scale != 1.0):
             print(f"[SeedVR] note: {seedvr_model.variant} is a one-step model (reference: sample_steps 1, "
                   f"cfg_scale 1.0); running {sample_steps} steps at cfg {cfg_scale} as asked")
-        if seedvr_model.device.type != "cpu":
+        if any(d.type != "cpu" for d in devices):
             host.unload_all_models()
-        bar = host.progress_bar(100)
-        hooks = Hooks(progress=lambda done, total: bar.update_absolute(int(100 * done / total), 100),
-                      check_cancel=host.raise_if_interrupted)
-        out = upscale(seedvr_model, images, _embedding(positive, "positive"), _embedding(negative, "negative"),
-                      settings, hooks)
+        progress = _percent_bar()
+        pos, neg = _embedding(positive, "positive"), _embedding(negative, "negative")
+        if len(devices) == 1:
+            model = dataclasses.replace(seedvr_model, device=devices[0])
+            out = upscale(model, images, pos, neg, settings, Hooks(progress=progress, check_cancel=host.raise_if_interrupted))
+        else:
+            out = self._upscale_multi(seedvr_model, images, pos, neg, settings, devices, progress)
         host.empty_cache()
         return (out,)
+
+    @staticmethod
+    def _upscale_multi(model, images, pos, neg, settings, devices, progress):
+        from ..models.seedvr.multi_gpu_server import upscale_multi
+
+        print(f"[SeedVR] spreading the frame chunks over {len(devices)} workers: {', '.join(map(str, devices))}")
+        try:
+            return upscale_multi(model, images, pos, neg, settings, devices, host.comfyui_dir(),
+                                 on_progress=progress, should_cancel=host.interrupted)
+        except Cancelled:
+            host.raise_if_interrupted()  # ComfyUI's own "interrupted"
+            raise host.INTERRUPT() from None
 
 
 NODE_CLASS_MAPPINGS = {"SeedVRLoader": SeedVRLoader, "SeedVRUpscaler": SeedVRUpscaler}

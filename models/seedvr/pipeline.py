@@ -34,6 +34,19 @@ class SeedVRModel:
     offload_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     blocks_to_swap: int = 0
     embeddings: dict = field(default_factory=dict)  # baked into the checkpoint: {"positive": ..., "negative": ...}
+    # how the DiT / VAE leave a GPU after their phase: None moves them to offload_device (a host
+    # copy); the multi-GPU workers point them back at the shared host weights instead (no copy)
+    release: Callable[[torch.nn.Module], None] | None = None
+
+    def leave_device(self, module: torch.nn.Module) -> None:
+        """After a phase on a GPU: free the module's device memory, its weights on the host."""
+        if self.device.type == "cpu":
+            return
+        if self.release is None:
+            module.to(self.offload_device)
+        else:
+            self.release(module)
+        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -98,9 +111,7 @@ def dit_on_device(model: SeedVRModel):
         yield offloader
     finally:
         offloader.disable()
-        if device.type != "cpu":
-            dit.to(model.offload_device)
-            torch.cuda.empty_cache()
+        model.leave_device(dit)
 
 
 @contextmanager
@@ -109,9 +120,7 @@ def vae_on_device(model: SeedVRModel):
     try:
         yield model.vae
     finally:
-        if model.device.type != "cpu":
-            model.vae.to(model.offload_device)
-            torch.cuda.empty_cache()
+        model.leave_device(model.vae)
 
 
 def chunk_generator(seed: int, index: int) -> torch.Generator:
