@@ -25,6 +25,7 @@ from ..wan.family import wan_spec
 from .layout import call_layout, combine, most_cfg_groups
 
 WORKER_FN = "models.multi_gpu.distributed_worker"
+STOP_GRACE_S = 30.0  # workers stop within a block or two of a Cancel; only a wedged group is ended
 log = logging.getLogger(__name__)
 
 
@@ -57,7 +58,7 @@ class DistributedRunner:
 
     def __init__(self, devices, spec: dict):
         names = [str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices]
-        config = WorkerGroupConfig(devices=names, comfyui_dir=str(host.comfyui_dir()))
+        config = WorkerGroupConfig(devices=names, comfyui_dir=str(host.comfyui_dir()), stop_grace_s=STOP_GRACE_S)
         self.spec = spec
         self.cfg_degree = most_cfg_groups(len(names))  # CFG groups of a call whose batch splits
         self.last_tokens: list[int] = []  # real tokens each rank computed in the last call

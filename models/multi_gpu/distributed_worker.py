@@ -2,18 +2,37 @@
 
 `load_model` rebuilds the server's Wan model from its spec and the weights in shared memory
 (zero-copy on the CPU) and makes it sequence parallel; `forward` runs one diffusion-model
-call. Each call lays the ranks out by the batch it holds (models/multi_gpu/layout.py): CFG
-groups when the batch splits over them, else every rank on the one batch's sequence. Each
-sequence group's first rank returns its rows of the output; every rank reports the tokens
-it computed.
+call, the ranks voting on Cancel between blocks (CancelVote). Each call lays the ranks out
+by the batch it holds (models/multi_gpu/layout.py): CFG groups when the batch splits over
+them, else every rank on the one batch's sequence. Each sequence group's first rank returns
+its rows of the output; every rank reports the tokens it computed.
 """
 import torch
 import torch.distributed as dist
 
+from ...offload.streams import Streams
 from ...parallel.placement import move_to
 from ..comfy.wan import build_wan_model
+from ..wan.family import wan_blocks
 from ..wan.sequence import install_sequence_parallel
 from .layout import batch_share, call_layout, most_cfg_groups
+
+
+class CancelVote:
+    """Pre-hook of every block after the first: the ranks vote on Cancel (an all-reduce of one flag),
+    so a Cancel stops a forward within a block or two, every rank at the same block, and the group
+    stays up for the next prompt. On CUDA the host first waits until the block before last has run
+    on the device (an event; offload/streams.py's host twin on the CPU), so the vote follows the
+    device, not the launch queue, while one block of work stays queued."""
+
+    def __init__(self, ctx):
+        self.ctx, self.streams, self.previous = ctx, Streams(ctx.device), None
+
+    def __call__(self, _module, _args) -> None:
+        if self.previous is not None:
+            self.streams.host_wait(self.previous)
+        self.previous = self.streams.record_compute()
+        self.ctx.check_cancelled(sync=True)
 
 
 def sequence_groups(ctx, cfg_groups: int) -> list:
@@ -36,6 +55,9 @@ def load_model(ctx, spec: dict, weights, token: str) -> str:
     for cfg_groups in sorted({1, most_cfg_groups(ctx.world_size)}):
         sequence_groups(ctx, cfg_groups)
     shard = install_sequence_parallel(model, ctx.rank, ctx.world_size, dist.group.WORLD)
+    vote = CancelVote(ctx)
+    for block in wan_blocks(model)[1:]:
+        block.register_forward_pre_hook(vote)
     ctx.state.update(model=model, shard=shard, weights=weights, token=token)
     return "loaded"
 

@@ -4,6 +4,7 @@ Each run is compared with the plain single-process run for the same seed. The Wa
 dim 256 (two heads), so three ranks exercise both head padding and token padding.
 """
 import gc
+import threading
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from comfyui_parallel.models.multi_gpu.wrappers import runner_of  # noqa: E402
 from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # attention on shards rounds differently in the last bits
+FNS = "tests.integration.distributed_fns"
 TOKENS = 2 * 4 * 4  # tokens of one latent row: LATENT_SHAPE's 2 x 8 x 8 in Wan's 1 x 2 x 2 patches
 
 
@@ -112,6 +114,32 @@ def test_cancel_during_a_worker_call_is_comfys_interrupt_and_the_workers_go_on(k
         comfy.model_management.interrupt_current_processing(False)
     torch.testing.assert_close(sample(model), reference, **TOLERANCE)
     assert runner.pids == pids, "the cancel stopped the call, not the workers"
+
+
+def test_cancel_during_a_long_forward_stops_within_a_block_and_keeps_the_workers(keep_groups):
+    """8 blocks of 1 s each: a forward longer than the group's old 5 s stop grace. Cancel after 1.5 s
+    stops it at the next block; the same workers then sample the plain result."""
+    model, plain = distributed(load_wan_layers(8), "cpu,cpu"), load_wan_layers(8)
+    sample(model, steps=1)
+    runner = runner_of(model)
+    group, pids = runner.lease.get(), runner.pids
+    diffusion = model.model.diffusion_model
+    executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(diffusion._forward, diffusion, [runner])
+    x, timestep, context = torch.randn(2, 16, 2, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 4, 4096)
+    group.call(f"{FNS}:slow_blocks", 1.0)
+    cancel = threading.Timer(1.5, comfy.model_management.interrupt_current_processing, (True,))
+    cancel.start()
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            executor.execute(x, timestep, context, None, None, {})
+    finally:
+        cancel.join()
+        comfy.model_management.interrupt_current_processing(False)
+    entered = group.call(f"{FNS}:fast_blocks")
+    assert runner.pids == pids, "the cancel ended the workers"
+    assert all(2 <= count <= 4 for count in entered), f"blocks entered before stopping: {entered} of 8"
+    torch.testing.assert_close(sample(model, steps=1), sample(plain, steps=1), **TOLERANCE)
+    assert runner.pids == pids
 
 
 def test_high_and_low_noise_pair_share_the_workers(keep_groups):
