@@ -21,7 +21,9 @@ type `cpu` with an index keep ComfyUI's CPU behaviour while every op still check
   `threading.setprofile`): ThreadPoolExecutor workers and ComfyUI's prompt worker included.
 - `param.data = t` (nn.Module.to, the offloader's swap) copies only the C++ tensor, not the
   Python object holding the inner tensor; `Tensor.data` is wrapped so the parameter becomes a
-  SimTensor (still a Parameter to `isinstance`) or a plain tensor again.
+  SimTensor (still a Parameter to `isinstance`) or a plain tensor again. The wrapper stays once
+  installed (it passes plain tensors through): SimTensors can outlive the switch (a model left
+  loaded by ComfyUI) and must still move back correctly later.
 """
 import contextlib
 import sys
@@ -133,17 +135,27 @@ class SimulatedDeviceMode(TorchDispatchMode):
 
 
 def _set_data(tensor: torch.Tensor, new: torch.Tensor) -> None:
-    """`tensor.data = new` keeping the inner copy: the tensor becomes a SimTensor, or plain again."""
-    _BASE_DATA.__set__(tensor, new)
-    if isinstance(new, SimTensor):
-        if not isinstance(tensor, SimTensor):
-            tensor._pack_plain_class = type(tensor)
-            tensor._is_param = isinstance(tensor, torch.nn.Parameter)
-            tensor.__class__ = SimTensor
-        tensor.elem = new.elem
-    elif isinstance(tensor, SimTensor):
-        tensor.__class__ = tensor.__dict__.pop("_pack_plain_class", torch.Tensor)
-        del tensor.elem
+    """`tensor.data = new` keeping the inner copy: the tensor becomes a SimTensor, or plain again.
+
+    A plain `set_data` copies the C++ metadata but neither the Python dispatch key nor the Python
+    object, so the C++ tensors are swapped instead (`torch.utils.swap_tensors`, object identity
+    kept) and the object's class, attributes and requires_grad put back as `.data =` leaves them.
+    """
+    if not isinstance(new, SimTensor) and not isinstance(tensor, SimTensor):
+        _BASE_DATA.__set__(tensor, new)
+        return
+    attributes, requires_grad = dict(tensor.__dict__), tensor.requires_grad
+    plain_class = attributes.pop("_pack_plain_class", type(tensor))
+    attributes.pop("elem", None)
+    torch.utils.swap_tensors(tensor, new.detach())
+    if isinstance(tensor, SimTensor):
+        tensor.__dict__.update(attributes, _pack_plain_class=plain_class,
+                               _is_param=issubclass(plain_class, torch.nn.Parameter))
+    else:
+        tensor.__class__ = plain_class
+        tensor.__dict__.clear()
+        tensor.__dict__.update({k: v for k, v in attributes.items() if k != "_is_param"})
+    tensor.requires_grad_(requires_grad)
 
 
 def _enter_mode_in_new_thread(_frame, _event, _arg):
@@ -155,10 +167,7 @@ def _enter_mode_in_new_thread(_frame, _event, _arg):
 def _switch(on: bool) -> None:
     if on:
         torch.Tensor.data = property(_BASE_DATA.__get__, _set_data)
-        threading.setprofile(_enter_mode_in_new_thread)
-    else:
-        del torch.Tensor.data
-        threading.setprofile(None)
+    threading.setprofile(_enter_mode_in_new_thread if on else None)
 
 
 @contextlib.contextmanager

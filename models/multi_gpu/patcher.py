@@ -42,6 +42,7 @@ class MultiGPUSettings:
     memory_reserve_bytes: int = 0
     offload_after_run: bool = False
     reason: str = ""
+    weight_sharding: str = "replicate"  # distributed: replicate or fsdp (models/multi_gpu/sharding.py)
 
     @property
     def main_device(self) -> torch.device:
@@ -147,10 +148,9 @@ class MultiGPUPatcherMixin(host.PatcherMixin):
         """Apply this patcher's weight patches (LoRA) to one block, on the block's own device, once."""
         if host.weights_patched(block):
             return
-        target = storage_device(device) if device is not None else None
         for key in [k for k in self.patches if block_index_of(k) == index]:
             host.unpin_weight(self, key)
-            host.patch_weight(self, key, target)
+            host.patch_weight(self, key, device)
         host.mark_weights_patched(block)
 
     def unpatch_model(self, device_to=None, unpatch_weights=True, *args, **kwargs):

@@ -1,8 +1,9 @@
 """Multi-GPU modes on ComfyUI's own Wan, sampled through ComfyUI's own sampling and model management.
 
-Every mode's latent is compared with the plain single-device run for the same seed. Over
-"cpu,cpu" all devices are the same memory, so placement is proven by recording every
-Module.to call during the real run, and by the engines' own ran_on records.
+Every mode's latent is compared with the plain single-device run for the same seed. The
+multi-device runs use simulated devices (tests/conftest.py `simulated_devices`): a block or
+replica on cpu:1 holds its own tensors there and an op mixing devices raises, as on GPUs;
+placement is also proven by recording every Module.to call and by the engines' ran_on records.
 """
 import pytest
 import torch
@@ -29,7 +30,7 @@ def test_none_equals_plain_exactly(models_cache, reference):
     torch.testing.assert_close(sample(model), reference, rtol=0, atol=0)
 
 
-def test_data_parallel_splits_cfg_pair_over_both_devices(models_cache, reference):
+def test_data_parallel_splits_cfg_pair_over_both_devices(models_cache, reference, simulated_devices):
     model = multi_gpu(load_tiny_wan(models_cache), "data_parallel")
     got = sample(model, steps=3)
     # batch 1 vs batch 2 matmuls may round differently in the last bits
@@ -39,7 +40,7 @@ def test_data_parallel_splits_cfg_pair_over_both_devices(models_cache, reference
     assert {(index, str(device), rows) for index, device, rows in ran} == {(0, "cpu:0", 1), (1, "cpu:1", 1)}
 
 
-def test_block_distribution_places_each_block_once_and_never_back():
+def test_block_distribution_places_each_block_once_and_never_back(simulated_devices):
     reference = sample(load_wan_layers(8))
     model = multi_gpu(load_wan_layers(8), "block_distribution")
     with MoveSpy(model.model) as spy:
@@ -59,7 +60,7 @@ def test_block_distribution_places_each_block_once_and_never_back():
     assert [(i, str(d)) for i, d in ran] == list(enumerate(planned)) * (2 * 3)
 
 
-def test_block_distribution_applies_lora_patches_on_the_block_device(models_cache):
+def test_block_distribution_applies_lora_patches_on_the_block_device(models_cache, simulated_devices):
     key = "diffusion_model.blocks.1.self_attn.q.weight"
 
     def patched(model):
@@ -75,14 +76,14 @@ def test_block_distribution_applies_lora_patches_on_the_block_device(models_cach
     torch.testing.assert_close(sample(before), expected, rtol=0, atol=0)
 
 
-def test_block_distribution_over_three_devices():
+def test_block_distribution_over_three_devices(simulated_devices):
     model = multi_gpu(load_wan_layers(12), "block_distribution", gpu_ids="cpu,cpu,cpu")
     expected = sample(load_wan_layers(12))
     torch.testing.assert_close(sample(model), expected, rtol=0, atol=0)
     assert set(placement_of(model.model).assignment) == {0, 1, 2}
 
 
-def test_unload_undoes_the_placement(models_cache):
+def test_unload_undoes_the_placement(models_cache, simulated_devices):
     import comfy.model_management
 
     model = multi_gpu(load_tiny_wan(models_cache), "block_distribution")
@@ -93,7 +94,7 @@ def test_unload_undoes_the_placement(models_cache):
     assert not model.model.diffusion_model.blocks[1]._forward_pre_hooks
 
 
-def test_offload_device_unloads_after_each_run(models_cache, reference):
+def test_offload_device_unloads_after_each_run(models_cache, reference, simulated_devices):
     model = multi_gpu(load_tiny_wan(models_cache), "block_distribution", load_device="offload_device")
     torch.testing.assert_close(sample(model), reference, rtol=0, atol=0)
     assert placement_of(model.model) is None and model.loaded_size() == 0

@@ -92,4 +92,15 @@ def test_plain_torch_outside_and_nested_use_keeps_it_on():
         with simulated_devices():
             pass
         assert isinstance(torch.ones(1).to("cpu:1"), SimTensor)
-    assert type(torch.ones(1).to("cpu:1")) is torch.Tensor and "data" not in torch.Tensor.__dict__
+    assert type(torch.ones(1).to("cpu:1")) is torch.Tensor
+
+
+def test_simulated_tensors_left_after_the_switch_still_move_back():
+    from devtools.simulated_devices import simulated_devices
+
+    lin = nn.Linear(2, 2)
+    expected = lin.weight.detach().clone()
+    with simulated_devices():
+        lin.to("cpu:1")
+    lin.to("cpu")
+    assert type(lin.weight) is nn.Parameter and torch.equal(lin.weight.detach(), expected)
