@@ -1,8 +1,9 @@
 """Offloading inside ComfyUI: real sampling runs through its model management with a tiny Wan.
 
-On the CPU every copy is a no-op, so the schedule is proven by recording: a spy on the
+On the plain CPU every copy is a no-op, so the schedule is proven by recording: a spy on the
 offloader's `transfer`, on `nn.Module.to` / `_apply` (how ComfyUI moves weights), forward
-pre-hooks on the blocks, and the ledger's events.
+pre-hooks on the blocks, and the ledger's events. On a simulated GPU (cpu:1, holding tensors of
+its own) the swap path really copies and a block left on the host would fail.
 """
 import pytest
 import torch
@@ -53,6 +54,31 @@ def test_same_latent_as_plain_model(model, blocks_to_swap, prefetch):
     expected = sample(model)
     offloaded = apply_offload(model, OffloadSettings(blocks_to_swap, prefetch))
     assert torch.equal(sample(offloaded), expected)
+    blocks = offloaded.model.diffusion_model.blocks
+    assert swap.active_offloader(blocks) is None
+    assert not any(block._forward_pre_hooks or block._forward_hooks for block in blocks)
+
+
+@pytest.mark.parametrize("blocks_to_swap, prefetch", [(0, 1), (2, 0), (2, 1), (NUM_BLOCKS, 2)])
+def test_same_latent_on_a_simulated_gpu(model, blocks_to_swap, prefetch, simulated_devices, monkeypatch):
+    """ComfyUI loads onto cpu:1, a simulated device holding its own tensors: the swapped blocks really
+    are copied there for each forward (a block computing on host weights would mix devices and fail)."""
+    expected = sample(model)
+    offloaded = apply_offload(model, OffloadSettings(blocks_to_swap, prefetch))
+    offloaded.load_device = torch.device("cpu", 1)
+    copies, real_transfer = [], swap.transfer
+
+    def spy(tensor, device, non_blocking=False):
+        moved = real_transfer(tensor, device, non_blocking)
+        copies.append((str(moved.device), moved is not tensor))
+        return moved
+
+    monkeypatch.setattr(swap, "transfer", spy)
+    assert torch.equal(sample(offloaded), expected)
+    blocks = offloaded.model.diffusion_model.blocks
+    assert {str(p.device) for b in blocks[:NUM_BLOCKS - blocks_to_swap] for p in b.parameters()} <= {"cpu:1"}
+    assert {str(p.device) for b in blocks[NUM_BLOCKS - blocks_to_swap:] for p in b.parameters()} <= {"cpu"}
+    assert (len(copies) > 0) == (blocks_to_swap > 0) and set(copies) <= {("cpu:1", True)}
     blocks = offloaded.model.diffusion_model.blocks
     assert swap.active_offloader(blocks) is None
     assert not any(block._forward_pre_hooks or block._forward_hooks for block in blocks)
