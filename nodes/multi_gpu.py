@@ -10,6 +10,7 @@ from ..models.comfy.loaders import load_diffusion_file
 from ..models.multi_gpu.settings import (LOAD_DEVICES, MODES, PRECISIONS, MultiGPURequest, apply_multi_gpu,
                                          check_precision, requested_mode, resolve)
 from ..parallel.devices import parse_gpu_ids
+from ..parallel.sharding import SHARDINGS
 
 
 def parallel_inputs() -> dict:
@@ -30,6 +31,14 @@ def parallel_inputs() -> dict:
     }
 
 
+def optional_inputs() -> dict:
+    """Optional inputs (workflows saved before them keep working)."""
+    return {"weight_sharding": (list(SHARDINGS), {"default": "auto", "tooltip":
+            "distributed only. replicate: every worker holds the whole model. fsdp: every Wan block's weights are "
+            "split over the workers (FSDP2), each block gathered just before it runs, for models bigger than one "
+            "GPU. auto: fsdp when a replica plus memory_reserve_gb does not fit a device."})}
+
+
 def load_device_input() -> dict:
     return {"load_device": (list(LOAD_DEVICES), {"default": "main_device", "tooltip":
             "main_device: weights stay on the devices between runs (ComfyUI's default). offload_device: weights "
@@ -46,7 +55,7 @@ class MultiGPULoader:
                                "Weight dtype. fp8 needs CUDA GPUs (it halves memory again)."}),
             **load_device_input(),
             **parallel_inputs(),
-        }}
+        }, "optional": optional_inputs()}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "load"
@@ -54,9 +63,9 @@ class MultiGPULoader:
     DESCRIPTION = "Load a Wan model and run it over several GPUs; the MODEL works with ComfyUI's own samplers."
 
     def load(self, unet_name, base_precision, load_device, parallelism_type, gpu_ids,
-             enable_block_distribution, memory_reserve_gb):
+             enable_block_distribution, memory_reserve_gb, weight_sharding="auto"):
         request = MultiGPURequest(parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
-                                  load_device)
+                                  load_device, weight_sharding)
         mode = requested_mode(request)
         dtype = check_precision(base_precision, parse_gpu_ids(gpu_ids))
         model = load_diffusion_file(unet_name, dtype, non_dynamic_for=None if mode == "none" else mode)
@@ -71,16 +80,17 @@ class MultiGPUApply:
                                 "distributed need a Wan model."}),
             **load_device_input(),
             **parallel_inputs(),
-        }}
+        }, "optional": optional_inputs()}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "apply"
     CATEGORY = "parallel/multi-gpu"
     DESCRIPTION = "Run an existing MODEL over several GPUs (a clone; the input MODEL is unchanged)."
 
-    def apply(self, model, load_device, parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb):
+    def apply(self, model, load_device, parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
+              weight_sharding="auto"):
         request = MultiGPURequest(parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
-                                  load_device)
+                                  load_device, weight_sharding)
         return (apply_multi_gpu(model, resolve(model, request)),)
 
 

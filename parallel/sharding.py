@@ -6,7 +6,7 @@ it runs, frees them after (reshard_after_forward) and prefetches the next block'
 holds its shards plus at most two whole blocks. The model's other weights (embeddings, head)
 are `ignored_params` of the root: replicated, untouched.
 
-On the CPU a rank's shards can be views of one shared copy of the weights (`adopt_shards`):
+On the CPU a rank's shards can be views of one shared copy of the weights (`keep_views`):
 FSDP2 re-reads each parameter's local tensor after `load_state_dict(assign=True)`, and a
 dim-0 shard of a contiguous weight is a contiguous slice of it, so N ranks on one machine hold
 one copy of the blocks between them, not N.
@@ -47,19 +47,27 @@ def placement_for(world_size: int):
 
 
 def shard_blocks(root: nn.Module, blocks: nn.ModuleList, mesh: DeviceMesh, device: torch.device,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, keep_views: bool = False) -> int:
     """fully_shard each block (moved to `device` one at a time, never the whole model at once), then
-    `root` with every other parameter ignored (replicated); block i prefetches block i + 1."""
+    `root` with every other parameter ignored (replicated); block i prefetches block i + 1.
+
+    keep_views: the blocks' CPU weights are one shared copy (shared memory): each local shard
+    becomes a view of it where it can (`adopt_shards`). Returns the bytes kept as views.
+    """
     placement = placement_for(mesh.size())
     in_blocks = {id(p) for p in blocks.parameters()}
+    adopted = 0
     for block in blocks:
+        sources = dict(block.named_parameters())
         block.to(device)
         fully_shard(block, mesh=mesh, reshard_after_forward=True, shard_placement_fn=placement)
+        adopted += adopt_shards(block, sources) if keep_views else 0
     others = {p for p in root.parameters() if id(p) not in in_blocks}
     fully_shard(root, mesh=mesh, reshard_after_forward=True, ignored_params=others)
     if prefetch:
         for block, following in zip(blocks, list(blocks)[1:]):
             block.set_modules_to_forward_prefetch([following])
+    return adopted
 
 
 def _local_chunk(full: torch.Tensor, param: DTensor) -> torch.Tensor | None:
@@ -73,21 +81,20 @@ def _local_chunk(full: torch.Tensor, param: DTensor) -> torch.Tensor | None:
     return chunk if chunk.shape == local.shape and chunk.is_contiguous() else None
 
 
-def adopt_shards(blocks: nn.ModuleList, full_weights: Mapping[str, torch.Tensor], prefix: str = "") -> int:
-    """Make each block parameter's local shard a view of `full_weights[prefix + name]` (one shared copy)
-    instead of FSDP's private copy, where the shard is a contiguous dim-0 slice; returns the bytes adopted."""
-    adopted = 0
-    for index, block in enumerate(blocks):
-        replaced = {}
-        for name, param in block.named_parameters():
-            full = full_weights.get(f"{prefix}{index}.{name}")
-            chunk = _local_chunk(full, param) if isinstance(param, DTensor) and full is not None else None
-            if chunk is not None:
-                replaced[name] = DTensor.from_local(chunk, param.device_mesh, param.placements, run_check=False,
-                                                    shape=param.shape, stride=param.stride())
-                adopted += chunk.numel() * chunk.element_size()
-        if replaced:
-            block.load_state_dict(replaced, strict=False, assign=True)
+def adopt_shards(block: nn.Module, sources: Mapping[str, torch.Tensor]) -> int:
+    """Make each sharded parameter's local tensor a view of its whole weight in `sources` (by name, as
+    before fully_shard) instead of FSDP's private copy, where the shard is a contiguous dim-0 slice.
+    FSDP2 re-reads the local tensors after load_state_dict(assign=True). Returns the bytes adopted."""
+    replaced, adopted = {}, 0
+    for name, param in block.named_parameters():
+        full = sources.get(name)
+        chunk = _local_chunk(full, param) if isinstance(param, DTensor) and full is not None else None
+        if chunk is not None:
+            replaced[name] = DTensor.from_local(chunk, param.device_mesh, param.placements, run_check=False,
+                                                shape=param.shape, stride=param.stride())
+            adopted += chunk.numel() * chunk.element_size()
+    if replaced:
+        block.load_state_dict(replaced, strict=False, assign=True)
     return adopted
 
 

@@ -56,10 +56,10 @@ class _Lease:
 class DistributedRunner:
     """DIFFUSION_MODEL wrapper: every call runs in the workers (Ulysses + CFG split)."""
 
-    def __init__(self, devices, spec: dict):
+    def __init__(self, devices, spec: dict, sharding: str = "replicate"):
         names = [str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices]
         config = WorkerGroupConfig(devices=names, comfyui_dir=str(host.comfyui_dir()), stop_grace_s=STOP_GRACE_S)
-        self.spec = spec
+        self.spec, self.sharding = spec, sharding
         self.cfg_degree = most_cfg_groups(len(names))  # CFG groups of a call whose batch splits
         self.last_tokens: list[int] = []  # real tokens each rank computed in the last call
         self.lease = _Lease(("wan_distributed", tuple(names), config.comfyui_dir), config)
@@ -91,12 +91,12 @@ class DistributedRunner:
         which model the workers hold, and a switch reloads from this runner's shared copy.
         """
         identity = weights_identity(module)
-        token = f"{id(module):x}-{hash(identity) & 0xFFFFFFFF:x}"
+        token = f"{id(module):x}-{hash(identity) & 0xFFFFFFFF:x}-{self.sharding}"
         group.start()
         if POOL.holds(self.lease.key, token):
             return token
         weights = POOL.shared(self.lease.key, id(self.lease), identity, module.state_dict)
-        self._call(group, "load_model", self.spec, weights, token)
+        self._call(group, "load_model", self.spec, weights, token, self.sharding)
         POOL.mark_loaded(self.lease.key, token)
         return token
 
@@ -116,7 +116,8 @@ class DistributedRunner:
 
 def distributed_runner(patcher) -> DistributedRunner:
     """The runner for a Multi-GPU patcher whose mode is distributed."""
-    runner = DistributedRunner(patcher.multi_gpu.devices, wan_spec(patcher).to_message())
+    runner = DistributedRunner(patcher.multi_gpu.devices, wan_spec(patcher).to_message(),
+                               sharding=patcher.multi_gpu.weight_sharding)
     log.info("distributed: %d workers; a call with cond and uncond runs as %d CFG group(s) of %d sequence ranks, "
              "any other call on all of them", len(runner.lease.config.devices), runner.cfg_degree,
              len(runner.lease.config.devices) // runner.cfg_degree)

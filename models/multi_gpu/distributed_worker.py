@@ -16,6 +16,7 @@ from ..comfy.wan import build_wan_model
 from ..wan.family import wan_blocks
 from ..wan.sequence import install_sequence_parallel
 from .layout import batch_share, call_layout, most_cfg_groups
+from .sharding import SHARDED, forward_mode, shard_worker_model
 
 
 class CancelVote:
@@ -45,20 +46,23 @@ def sequence_groups(ctx, cfg_groups: int) -> list:
     return groups[cfg_groups]
 
 
-def load_model(ctx, spec: dict, weights, token: str) -> str:
-    """Build the model unless this token is already loaded; the previous model is dropped first."""
+def load_model(ctx, spec: dict, weights, token: str, sharding: str = "replicate") -> str:
+    """Build the model unless this token is already loaded; the previous model is dropped first.
+    sharding fsdp: built on the CPU, then each block sharded over the ranks (models/multi_gpu/sharding.py)."""
     if ctx.state.get("token") == token:
         return "cached"
     for name in ("model", "shard", "weights", "token"):
         ctx.state.pop(name, None)
-    model = build_wan_model(spec, weights.open(), ctx.device)
+    model = build_wan_model(spec, weights.open(), ctx.device if sharding != SHARDED else torch.device("cpu"))
     for cfg_groups in sorted({1, most_cfg_groups(ctx.world_size)}):
         sequence_groups(ctx, cfg_groups)
     shard = install_sequence_parallel(model, ctx.rank, ctx.world_size, dist.group.WORLD)
     vote = CancelVote(ctx)
     for block in wan_blocks(model)[1:]:
         block.register_forward_pre_hook(vote)
-    ctx.state.update(model=model, shard=shard, weights=weights, token=token)
+    if sharding == SHARDED:
+        shard_worker_model(model, ctx.device, ctx.world_size, shared_on_cpu=ctx.device.type == "cpu")
+    ctx.state.update(model=model, shard=shard, weights=weights, token=token, sharding=sharding)
     return "loaded"
 
 
@@ -77,7 +81,7 @@ def forward(ctx, token: str, inputs: dict) -> dict:
         inputs = batch_share(inputs, batch, share, layout.groups)
     inputs = move_to(inputs, ctx.device)
     options = {"rope_options": inputs["rope_options"]} if inputs.get("rope_options") else {}
-    with torch.inference_mode():
+    with forward_mode(ctx.state["sharding"]):
         out = ctx.state["model"](inputs["x"], inputs["timestep"], inputs["context"], clip_fea=inputs["clip_fea"],
                                  time_dim_concat=inputs["time_dim_concat"], transformer_options=options,
                                  **inputs["kwargs"])

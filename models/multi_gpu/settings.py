@@ -2,8 +2,10 @@
 
 Every refusal is an InputError naming the input and what is allowed: an unknown mode,
 gpu_ids naming devices the machine lacks, data_parallel / distributed with one device,
+weight_sharding fsdp outside distributed,
 block_distribution or distributed on a model that is not Wan, fp8 weights on the CPU.
-`auto` takes the recommendation GPUStatus prints (parallel.plan.recommend).
+`auto` takes the recommendation GPUStatus prints (parallel.plan.recommend); weight_sharding auto
+is fsdp when a replica plus the reserve does not fit a device (models/multi_gpu/sharding.py).
 """
 import logging
 from dataclasses import dataclass
@@ -12,10 +14,12 @@ import torch
 
 from ...parallel.devices import free_bytes, parse_gpu_ids
 from ...parallel.plan import GIB, recommend
+from ...parallel.sharding import SHARDINGS
 from ...utils.errors import InputError
 from ..comfy.patcher import is_dynamic, non_dynamic
-from ..wan.family import is_wan, require_wan
+from ..wan.family import diffusion_model_of, is_wan, require_wan
 from .patcher import MultiGPUSettings, as_multi_gpu
+from .sharding import resolve_sharding
 from .wrappers import attach_runners
 
 MODES = ("auto", "none", "data_parallel", "block_distribution", "distributed")
@@ -35,6 +39,7 @@ class MultiGPURequest:
     enable_block_distribution: bool = False
     memory_reserve_gb: float = 0.0
     load_device: str = "main_device"
+    weight_sharding: str = "auto"
 
 
 def check_choice(input_name: str, value, allowed) -> None:
@@ -101,7 +106,11 @@ def resolve(model_patcher, request: MultiGPURequest) -> MultiGPUSettings:
         require_wan(model_patcher, mode)
     if mode == "distributed":
         require_wan(model_patcher, mode, plain=True)
-    return MultiGPUSettings(mode, tuple(devices), reserve, request.load_device == "offload_device", reason)
+    check_choice("weight_sharding", request.weight_sharding, SHARDINGS)
+    sharding, sharding_reason = resolve_sharding(diffusion_model_of(model_patcher), mode, devices, reserve,
+                                                 request.weight_sharding)
+    reason = "; ".join(part for part in (reason, sharding_reason) if part)
+    return MultiGPUSettings(mode, tuple(devices), reserve, request.load_device == "offload_device", reason, sharding)
 
 
 def apply_multi_gpu(model_patcher, settings: MultiGPUSettings):

@@ -7,7 +7,7 @@ runs the forward again; the caller compares and reads the measured resident byte
 import torch
 from torch import nn
 
-from comfyui_parallel.parallel.sharding import adopt_shards, group_mesh, resident_bytes, shard_blocks
+from comfyui_parallel.parallel.sharding import group_mesh, resident_bytes, shard_blocks
 
 
 class Block(nn.Module):
@@ -48,8 +48,8 @@ def sharded_forward(ctx, seed: int, dim: int, depth: int, shared=None, prefetch:
     whole = resident_bytes(model.blocks)
     if shared is not None:  # the caller's copy in shared memory, as the distributed worker gets it
         model.load_state_dict(shared.open(), assign=True)
-    shard_blocks(model, model.blocks, group_mesh(ctx.device, ctx.world_size), ctx.device, prefetch=prefetch)
-    adopted = adopt_shards(model.blocks, shared.open(), prefix="blocks.") if shared is not None else 0
+    mesh = group_mesh(ctx.device, ctx.world_size)
+    adopted = shard_blocks(model, model.blocks, mesh, ctx.device, prefetch=prefetch, keep_views=shared is not None)
     viewing = shared_views(model, shared.open(), ctx) if shared is not None else []
     with torch.no_grad():  # FSDP2 keeps its gathered buffers between calls: inference tensors cannot be reused
         first = model(x)
