@@ -93,7 +93,9 @@ def workers(models_cache):
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_each_mode_equals_the_plain_model(models_cache, references, workers, variant, mode):
+def test_each_mode_equals_the_plain_model(models_cache, references, workers, variant, mode, request):
+    if mode in ("data_parallel", "block_distribution"):
+        request.getfixturevalue("simulated_devices")  # cpu:1 holds its own tensors, as a second GPU does
     inputs = VARIANTS[variant]()
     model = multi_gpu(load(models_cache, inputs), mode)
     tolerance = MODES[mode]
