@@ -3,12 +3,12 @@
 Each block moves to its planned device; a forward pre-hook moves every tensor in the
 block's args / kwargs (nested in tuples, lists, dicts) to that device, and a hook on the
 last block brings its output back to the main device, so the model's own code around
-the blocks (embeddings, head) runs unchanged. Tensors shared by every block (context,
-rotary frequencies, time embedding) are moved once per device per forward, not per block.
-`undo()` removes the hooks and puts every block back where it was.
-
-On simulated CPU devices ("cpu,cpu") tensors sent to cpu:1 land on plain cpu, so the
-placement cannot be seen from tensors; `ran_on` records which device each block ran on.
+the blocks (embeddings, head) runs unchanged. A model whose forward works on the hidden
+state between blocks (Wan VACE adds its skip, S2V its audio) gets `return_each_block`: every
+block's output comes back to the main device, where that code runs. Tensors shared by every
+block (context, rotary frequencies, time embedding) are moved once per device per forward,
+not per block. `undo()` removes the hooks and puts every block back where it was.
+`ran_on` records which device each block ran on.
 """
 import weakref
 from dataclasses import dataclass, field
@@ -116,6 +116,11 @@ class BlockDistribution:
         self.cache.clear()
         return move_to(output, self.main_device)
 
+    @staticmethod
+    def return_hook(main_device: torch.device):
+        """Forward hook of a block before the last (return_each_block): its output back on the main device."""
+        return lambda _module, _args, _kwargs, output: move_to(output, main_device)
+
     def undo(self) -> None:
         """Remove the hooks and move every block back to the device it was on."""
         for handle in self.handles:
@@ -137,8 +142,11 @@ class BlockDistribution:
 
 
 def distribute_blocks(blocks: nn.ModuleList, devices: list[torch.device], assignment: list[int],
-                      main_device: torch.device) -> BlockDistribution:
-    """Move block i to devices[assignment[i]] and hook it so its inputs follow; reversible."""
+                      main_device: torch.device, return_each_block: bool = False) -> BlockDistribution:
+    """Move block i to devices[assignment[i]] and hook it so its inputs follow; reversible.
+
+    With `return_each_block` every block's output returns to the main device (else only the last's).
+    """
     if len(assignment) != len(blocks):
         raise ValueError(f"assignment has {len(assignment)} entries for {len(blocks)} blocks")
     if any(not 0 <= a < len(devices) for a in assignment):
@@ -149,6 +157,8 @@ def distribute_blocks(blocks: nn.ModuleList, devices: list[torch.device], assign
     for index, (block, device) in enumerate(zip(blocks, block_devices)):
         block.to(device)
         dist.handles.append(block.register_forward_pre_hook(dist.pre_hook(index), with_kwargs=True))
+        if return_each_block and index < len(blocks) - 1:
+            dist.handles.append(block.register_forward_hook(dist.return_hook(dist.main_device), with_kwargs=True))
     if len(blocks):
         dist.handles.append(blocks[-1].register_forward_hook(dist.last_hook, with_kwargs=True))
     return dist

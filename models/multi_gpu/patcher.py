@@ -27,7 +27,7 @@ from ...parallel.devices import free_bytes, storage_device
 from ...parallel.placement import distribute_blocks
 from ...parallel.plan import module_bytes, plan_blocks
 from ..comfy import patcher as host
-from ..wan.family import block_index_of, wan_blocks
+from ..wan.family import block_index_of, wan_blocks, works_between_blocks
 
 MANAGED_MODES = ("block_distribution", "distributed")
 log = logging.getLogger(__name__)
@@ -133,7 +133,8 @@ class MultiGPUPatcherMixin(host.PatcherMixin):
             placement = self._plan()
             if placement.distribution is None:
                 devices = list(self.multi_gpu.devices)
-                placement.distribution = distribute_blocks(blocks, devices, placement.assignment, device_to)
+                each = works_between_blocks(self.model.diffusion_model)
+                placement.distribution = distribute_blocks(blocks, devices, placement.assignment, device_to, each)
                 log.info("block_distribution:\n%s", placement.distribution.describe())
             block_devices = placement.distribution.block_devices
         else:

@@ -44,6 +44,16 @@ def wan_blocks(diffusion_model: nn.Module) -> nn.ModuleList:
     return getattr(diffusion_model, comfy_wan.BLOCKS)
 
 
+def works_between_blocks(diffusion_model: nn.Module) -> bool:
+    """Whether the model's forward uses the hidden state between its blocks, on the main device.
+
+    Plain WanModel only chains the blocks. Every subclass in ComfyUI has a forward of its own:
+    VACE adds its skip after some blocks, S2V its audio, Camera / HuMo / Animate their inputs;
+    block placement brings such a model's hidden state back after every block.
+    """
+    return not is_plain_wan(diffusion_model)
+
+
 def block_index_of(name: str) -> int | None:
     """The block index a BaseModel module or weight name belongs to, or None (embeddings, head)."""
     prefix = "diffusion_model.blocks."
@@ -55,10 +65,11 @@ def block_index_of(name: str) -> int | None:
 
 @dataclass
 class WanSpec:
-    """Plain data a worker needs to rebuild the model: ComfyUI's detected unet config and dtypes."""
+    """Plain data a worker needs to rebuild the model: ComfyUI's detected unet config, dtypes and quantization."""
 
     unet_config: dict
     manual_cast_dtype: torch.dtype | None
+    quantization: dict
 
     def to_message(self) -> dict:
         """A plain dict (messages to workers carry no pack classes)."""
@@ -68,5 +79,5 @@ class WanSpec:
 def wan_spec(model_patcher) -> WanSpec:
     """The spec of a patcher's Wan model, as ComfyUI's model detection configured it."""
     spec = model_spec(model_patcher)
-    return WanSpec(spec["unet_config"], spec["manual_cast_dtype"])
+    return WanSpec(spec["unet_config"], spec["manual_cast_dtype"], spec["quantization"])
 

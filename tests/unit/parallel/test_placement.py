@@ -97,3 +97,31 @@ def test_bad_assignment_refused():
         distribute_blocks(blocks, [torch.device("cpu")], [0, 0], torch.device("cpu"))
     with pytest.raises(ValueError, match="outside"):
         distribute_blocks(blocks, [torch.device("cpu")], [0, 1, 0], torch.device("cpu"))
+
+
+class Injecting(nn.Module):
+    """A forward that adds a main-device tensor after every block (as Wan VACE adds its skip)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        self.skip = nn.Linear(4, 4)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x) + self.skip(x.to(self.skip.weight.device))
+        return x
+
+
+@pytest.mark.parametrize("return_each_block", [False, True])
+def test_a_forward_working_between_blocks_needs_each_output_back(return_each_block, simulated_devices):
+    model, x = Injecting(), torch.randn(2, 4)
+    with torch.no_grad():
+        expected = model(x)
+        distribute_blocks(model.blocks, parse_gpu_ids("cpu,cpu"), [0, 1, 1], torch.device("cpu"), return_each_block)
+        if not return_each_block:
+            with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+                model(x)
+            return
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
