@@ -51,7 +51,7 @@ drives the pack's overrides with those call shapes.
 | `comfy.utils.load_torch_file` | always | checkpoints read safely | yes | yes | yes |
 | `comfy.patcher_extension.WrappersMP` | always | DIFFUSION_MODEL wrapper type | yes | yes | yes |
 | `comfy.patcher_extension.CallbacksMP` | always | ON_DETACH / ON_CLEANUP | yes | yes | yes (+ multigpu callbacks) |
-| `comfy.patcher_extension.WrapperExecutor.new_class_executor` | always | each replica continues the wrapper chain | yes | yes | yes |
+| `comfy.patcher_extension.WrapperExecutor.new_class_executor` | always | each replica continues the wrapper chain; the distributed runner runs the wrappers after it around the workers' call | yes | yes | yes |
 | `comfy.sd.load_diffusion_model` | always | the pack's loaders | (path, model_options) | same | + `disable_dynamic` (passed when the mode needs it) |
 | `comfy.sd.load_checkpoint_guess_config` | always | SDXL batch pipeline | yes | yes | yes |
 | `comfy.sd.load_state_dict_guess_config` | always | SDXL workers from shared memory | yes | yes | yes |

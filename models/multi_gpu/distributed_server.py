@@ -10,6 +10,7 @@ shared by every MODEL that uses those devices, kept between prompts, and closed 
 uses it any more (ComfyUI unloaded the MODEL, or it was garbage-collected), on POST /free,
 or when the server exits.
 """
+import functools
 import logging
 import weakref
 
@@ -21,7 +22,9 @@ from ...parallel.pool import POOL, weights_identity
 from ...parallel.worker_runtime import to_cpu
 from ...utils.errors import Cancelled
 from ..comfy import management as host
+from ..comfy.extension import rest_of_chain
 from ..wan.family import wan_spec
+from .call_options import worker_options
 from .layout import call_layout, combine, most_cfg_groups
 
 WORKER_FN = "models.multi_gpu.distributed_worker"
@@ -65,13 +68,19 @@ class DistributedRunner:
         self.lease = _Lease(("wan_distributed", tuple(names), config.comfyui_dir), config)
         self._finalizer = weakref.finalize(self, self.lease.release)
 
-    def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None,
-                 transformer_options={}, **kwargs):
+    def __call__(self, executor, *args, **kwargs):
+        """The call in the workers; DIFFUSION_MODEL wrappers added after this one (EasyCache, ...) run
+        here around it, as they run around the forward in a plain run."""
+        return rest_of_chain(executor, functools.partial(self._in_workers, executor.class_obj))(*args, **kwargs)
+
+    def _in_workers(self, module, x, timestep, context, clip_fea=None, time_dim_concat=None,
+                    transformer_options={}, **kwargs):
+        options = worker_options(transformer_options)  # refuses function patches by name
         group = self.lease.get()
-        token = self._load(group, executor.class_obj)
+        token = self._load(group, module)
         inputs = {"x": x, "timestep": timestep, "context": context, "clip_fea": clip_fea,
                   "time_dim_concat": time_dim_concat, "kwargs": kwargs,
-                  "rope_options": transformer_options.get("rope_options")}
+                  "rope_options": options.get("rope_options")}
         results = self._call(group, "forward", token, to_cpu(inputs))
         self.last_tokens = [result["tokens"] for result in results]
         outputs = [result["out"] for result in results]

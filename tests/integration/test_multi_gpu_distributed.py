@@ -14,7 +14,11 @@ from multi_gpu_helpers import MoveSpy, load_wan_layers, sample  # configures Com
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.sd  # noqa: E402
+from comfy_extras.nodes_easycache import EasyCacheNode  # noqa: E402
+from comfy_extras.nodes_slg import SkipLayerGuidanceDiT  # noqa: E402
+from comfy_extras.nodes_tomesd import TomePatchModel  # noqa: E402
 from comfyui_parallel.parallel.pool import POOL  # noqa: E402
+from comfyui_parallel.utils.errors import InputError  # noqa: E402
 from comfyui_parallel.models.multi_gpu.wrappers import runner_of  # noqa: E402
 from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
 
@@ -140,6 +144,38 @@ def test_cancel_during_a_long_forward_stops_within_a_block_and_keeps_the_workers
     assert all(2 <= count <= 4 for count in entered), f"blocks entered before stopping: {entered} of 8"
     torch.testing.assert_close(sample(model, steps=1), sample(plain, steps=1), **TOLERANCE)
     assert runner.pids == pids
+
+
+def test_easycache_added_after_distributed_runs_around_the_workers(keep_groups):
+    """ComfyUI's EasyCache node on a distributed MODEL: its DIFFUSION_MODEL wrapper (added after the
+    runner's) skips the same steps as on the plain model, instead of being dropped."""
+    def easycache(model):
+        return EasyCacheNode.execute(model, 0.5, 0.0, 1.0, False).result[0]
+
+    expected = sample(easycache(wan256()), steps=8)
+    model = distributed(wan256(), "cpu,cpu")
+    torch.testing.assert_close(sample(easycache(model), steps=8), expected, **TOLERANCE)
+    assert (sample(model, steps=8) - expected).abs().max() > 0.1, "EasyCache skips steps here"
+
+
+@pytest.mark.parametrize("patch,named", [
+    (lambda m: SkipLayerGuidanceDiT.execute(m, 3.0, 0.0, 1.0, double_layers="1").result[0],
+     r"patches_replace\['dit'\]\[\('double_block', 1\)\] \(comfy_extras\.nodes_slg\."),
+    (lambda m: TomePatchModel.execute(m, 0.5).result[0],
+     r"patches\['attn1_patch'\] \(comfy_extras\.nodes_tomesd\..*patches\['attn1_output_patch'\]"),
+], ids=["SkipLayerGuidanceDiT", "TomePatchModel"])
+def test_model_patches_on_distributed_are_refused_by_name(keep_groups, reference, patch, named):
+    """ComfyUI's patch nodes give the workers Python functions they cannot run: refused, naming each."""
+    model = distributed(wan256(), "cpu,cpu")
+    with pytest.raises(InputError, match=named):
+        sample(patch(model))
+    torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+
+
+def test_skip_layer_guidance_changes_the_plain_result(reference):
+    """So computing the distributed MODEL without the patch (as before) would have been a wrong result."""
+    model = SkipLayerGuidanceDiT.execute(wan256(), 3.0, 0.0, 1.0, double_layers="1").result[0]
+    assert (sample(model) - reference).abs().max() > 1e-3
 
 
 def test_high_and_low_noise_pair_share_the_workers(keep_groups):
