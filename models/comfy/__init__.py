@@ -36,6 +36,9 @@ drives the pack's overrides with those call shapes.
 | `comfy.model_patcher.string_to_seed` | optional | stochastic rounding seed of a patched weight | the only home | shim | deprecated shim, logs on every call |
 | `comfy.utils.string_to_seed` | optional | the same seed, its home from 0.3.75 on | absent: the shim above | yes | yes |
 | `comfy.model_management.get_free_memory` | always | offload budget (vram_budget_gb 0), read when the model loads | yes | yes | documented as wrong under Dynamic VRAM: the patcher's is used |
+| `comfy.model_management.vram_state` | always | HIGH_VRAM (`--highvram` / `--gpu-only`) builds models whole on the first GPU: block_distribution, distributed and offload warn | yes | yes | yes |
+| `comfy.model_management.VRAMState.HIGH_VRAM` | always | the state those two flags set | yes | yes | yes |
+| `comfy.model_management.args` | always | which of the two flags it was (`gpu_only`), for the warning | yes | yes | yes |
 | `comfy.model_management.minimum_inference_memory` | always | reserve left for activations | yes | yes | yes |
 | `comfy.model_management.module_size` | always | block sizes for plans | yes | yes | yes |
 | `comfy.model_management.intermediate_device` | always | where latents live between steps | yes | yes | yes |

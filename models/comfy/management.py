@@ -2,6 +2,7 @@
 
 Every function here detects what the running ComfyUI has; see models/comfy/__init__.py.
 """
+import logging
 from pathlib import Path
 
 import torch
@@ -12,6 +13,8 @@ ensure_comfy()
 import comfy.model_management as mm  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.utils  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 # Cancel: ComfyUI's interrupt. An `Exception` up to 0.3.x, a `BaseException` from 0.38 on, so
 # `except Exception` no longer catches it there: catch INTERRUPT by name.
@@ -38,6 +41,28 @@ def free_memory(device, patcher=None) -> int:
     if callable(own):
         return own(device)
     return mm.get_free_memory(device)
+
+
+def whole_model_flag() -> str | None:
+    """'--gpu-only' or '--highvram' when ComfyUI runs in its HIGH_VRAM state, else None.
+
+    In that state ComfyUI builds every model whole on its GPU (`unet_inital_load_device`) and
+    keeps it there when unloading (`unet_offload_device`): before the pack can place any block.
+    """
+    if mm.vram_state != mm.VRAMState.HIGH_VRAM:
+        return None
+    return "--gpu-only" if getattr(mm.args, "gpu_only", False) else "--highvram"
+
+
+def warn_whole_model_flag(mode: str) -> str | None:
+    """One warning naming the flag when `whole_model_flag()` defeats `mode`; the flag, or None."""
+    flag = whole_model_flag()
+    if flag is not None:
+        log.warning("ComfyUI-Parallel %s: ComfyUI was started with %s, so it builds every model whole on its "
+                    "first GPU and keeps it there when unloading, before %s can place the blocks; a model "
+                    "bigger than that GPU runs out of memory. Start ComfyUI without --highvram / --gpu-only.",
+                    mode, flag, mode)
+    return flag
 
 
 def inference_reserve() -> int:

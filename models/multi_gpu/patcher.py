@@ -27,6 +27,7 @@ from ...parallel.devices import free_bytes, storage_device
 from ...parallel.placement import distribute_blocks
 from ...parallel.plan import module_bytes, plan_blocks
 from ..comfy import patcher as host
+from ..comfy.management import warn_whole_model_flag
 from ..wan.family import block_index_of, wan_blocks, works_between_blocks
 
 MANAGED_MODES = ("block_distribution", "distributed")
@@ -166,6 +167,8 @@ class MultiGPUPatcherMixin(host.PatcherMixin):
 
 def as_multi_gpu(model_patcher, settings: MultiGPUSettings):
     """A clone of `model_patcher` that loads according to `settings` (the input is left untouched)."""
+    if settings.parallelism_type in MANAGED_MODES:
+        warn_whole_model_flag(settings.parallelism_type)
     clone = host.as_pack_patcher(model_patcher, MultiGPUPatcherMixin)
     clone.multi_gpu = settings
     host.set_load_device(clone, settings.main_device)

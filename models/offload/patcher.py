@@ -35,7 +35,7 @@ from ...offload.swap import BlockOffloader, OffloadConfig, PinReport, pin_blocks
 from ...utils.errors import InputError
 from ..comfy import patcher as host
 from ..comfy.extension import WRAPPERS
-from ..comfy.management import free_memory, inference_reserve, module_size
+from ..comfy.management import free_memory, inference_reserve, module_size, warn_whole_model_flag
 from ..wan.blocks import transformer_blocks
 
 KEY = "comfyui_parallel.offload"
@@ -236,6 +236,7 @@ def apply_offload(model, settings: OffloadSettings):
     """
     transformer_blocks(model.model)  # refuse unsupported models before cloning
     host.refuse_other_block_manager(model, OffloadPatcherMixin)
+    warn_whole_model_flag("offload")
     model = host.non_dynamic(model, "offload", "the offloader moves the swapped blocks itself, LoRA applied")
     patched = host.as_pack_patcher(model, OffloadPatcherMixin)
     state = OffloadState(settings, ResidentLedger(base_bytes=block_sizes(patched.model)[1]))
