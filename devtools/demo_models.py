@@ -110,3 +110,13 @@ WRITERS.update({
     ("diffusion_models", TINY_WAN22_HIGH): _wan_writer(11),
     ("diffusion_models", TINY_WAN22_LOW): _wan_writer(12),
 })
+
+
+TINY_WAN_FP8_SCALED = "tiny_wan_t2v_fp8_scaled.safetensors"
+TINY_WAN_LORA = "tiny_wan_t2v_lora.safetensors"
+
+WRITERS.update({
+    # the tiny Wan T2V in Comfy-Org's fp8_scaled format, and a LoRA for it (tiny_wan_files.py)
+    ("diffusion_models", TINY_WAN_FP8_SCALED): _lazy_writer("tiny_wan_files", "write_tiny_wan_fp8_scaled"),
+    ("loras", TINY_WAN_LORA): _lazy_writer("tiny_wan_files", "write_tiny_wan_lora"),
+})

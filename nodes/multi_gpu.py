@@ -6,10 +6,8 @@ in models/multi_gpu/ (ComfyUI integration) and parallel/ (the engine).
 """
 import folder_paths
 
-from ..models.comfy.loaders import load_diffusion_file
-from ..models.multi_gpu.settings import (LOAD_DEVICES, MODES, PRECISIONS, MultiGPURequest, apply_multi_gpu,
-                                         check_precision, requested_mode, resolve)
-from ..parallel.devices import parse_gpu_ids
+from ..models.comfy.loaders import WEIGHT_DTYPES, load_diffusion_file, weight_dtype
+from ..models.multi_gpu.settings import LOAD_DEVICES, MODES, MultiGPURequest, apply_multi_gpu, requested_mode, resolve
 from ..parallel.sharding import SHARDINGS
 
 
@@ -51,8 +49,11 @@ class MultiGPULoader:
         return {"required": {
             "unet_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip":
                           "A Wan 2.1 / 2.2 model file in ComfyUI's models/diffusion_models folder."}),
-            "base_precision": (list(PRECISIONS), {"default": "bf16", "tooltip":
-                               "Weight dtype. fp8 needs CUDA GPUs (it halves memory again)."}),
+            "base_precision": (list(WEIGHT_DTYPES), {"default": "default", "tooltip":
+                               "Weight dtype. default: ComfyUI's choice for the file and device, as its Load "
+                               "Diffusion Model node makes it (an fp8_scaled file keeps its fp8 weights, half the "
+                               "memory of bf16). fp8 weights on a device without fp8 kernels (the CPU, older GPUs) "
+                               "are computed with manual cast."}),
             **load_device_input(),
             **parallel_inputs(),
         }, "optional": optional_inputs()}
@@ -67,7 +68,7 @@ class MultiGPULoader:
         request = MultiGPURequest(parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
                                   load_device, weight_sharding)
         mode = requested_mode(request)
-        dtype = check_precision(base_precision, parse_gpu_ids(gpu_ids))
+        dtype = weight_dtype(base_precision)
         model = load_diffusion_file(unet_name, dtype, non_dynamic_for=None if mode == "none" else mode)
         return (apply_multi_gpu(model, resolve(model, request)),)
 

@@ -3,16 +3,12 @@
 The swapped blocks live in host memory and are copied to the GPU just ahead of use (prefetch)
 while the blocks before them compute; see offload/swap.py and models/offload/patcher.py.
 """
-import torch
-
 import folder_paths
 
-from ..models.comfy.loaders import load_diffusion_file
+from ..models.comfy.loaders import WEIGHT_DTYPES, load_diffusion_file, weight_dtype
 from ..models.offload.patcher import GIB, OffloadSettings, apply_offload, block_sizes, fewest_swapped
 from ..utils.errors import InputError
 
-PRECISIONS = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-              "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 OFFLOAD_INPUTS = {
     "blocks_to_swap": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip":
@@ -59,7 +55,7 @@ class OffloadLoader:
         return {"required": {
             "unet_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip":
                           "A Wan 2.1 / 2.2 model file in ComfyUI's diffusion_models folder."}),
-            "base_precision": (list(PRECISIONS), {"default": "default", "tooltip":
+            "base_precision": (list(WEIGHT_DTYPES), {"default": "default", "tooltip":
                                "Dtype the weights are kept (and swapped) in. default = ComfyUI's choice for the "
                                "file and device, as the Load Diffusion Model node does."}),
             **OFFLOAD_INPUTS,
@@ -72,9 +68,7 @@ class OffloadLoader:
                    "ones, prefetched) are on the GPU. Use with ComfyUI's own KSampler.")
 
     def load(self, unet_name, base_precision, **options):
-        if base_precision not in PRECISIONS:
-            raise InputError("base_precision", f"{base_precision!r} is unknown", ", ".join(PRECISIONS))
-        model = load_diffusion_file(unet_name, PRECISIONS[base_precision], non_dynamic_for="offload")
+        model = load_diffusion_file(unet_name, weight_dtype(base_precision), non_dynamic_for="offload")
         return (apply_offload(model, resolve_settings(model, **options)),)
 
 

@@ -70,7 +70,10 @@ drives the pack's overrides with those call shapes.
 | `comfy.k_diffusion.sampling.BrownianTreeNoiseSampler` | always | SDE noise over the whole schedule | yes | yes | yes |
 | `comfy.lora.calculate_weight` | always | LoRA for stage workers | yes | yes | yes |
 | `comfy.float.stochastic_rounding` | always | same rounding as ComfyUI's load | yes | yes | yes |
-| `comfy.ops.pick_operations` | always | a worker's Wan with the server's ops | yes | yes | yes |
+| `comfy.ops.pick_operations` | always | a worker's Wan with the server's ops (fp8_scaled files: scaled fp8 ops with `scale_weight`) | (weight_dtype, compute_dtype, load_device, disable_fast_fp8, fp8_optimizations, scaled_fp8) | + `model_config` (per-layer quant config; passed when accepted) | not read |
+| `comfy.supported_models_base.BASE.scaled_fp8` | always | the dtype of an fp8_scaled file's `scaled_fp8` marker, for a worker's ops | yes | yes | not read |
+| `comfy.supported_models_base.BASE.optimizations` | always | `fp8` (fp8 matrix multiply) as detection set it, for a worker's ops | yes | yes | not read |
+| `comfy.supported_models_base.BASE.layer_quant_config` | optional | per-layer (mixed precision) quantization, for a worker's ops | absent: none | yes | not read |
 | `comfy.ldm.wan.model.WanModel` | always | Wan detection, `blocks`, `head` | yes | yes | yes |
 | `comfy.ldm.wan.model.WanSelfAttention` | always | Ulysses reads q, k, v, o, norm_q, norm_k, num_heads, head_dim | `forward(x, freqs)` | + `transformer_options` | + `attn1_patch`, attention containers |
 | `comfy.ldm.wan.model.repeat_e` | always | per-frame modulation expanded to a token shard exactly as the running Wan does | repeats only when the frames divide the tokens | + the remainder | same |

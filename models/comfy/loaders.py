@@ -15,6 +15,17 @@ from .patcher import accepts
 from .runtime import ensure_comfy
 
 log = logging.getLogger(__name__)
+# A diffusion file's weight dtype, as UNETLoader's weight_dtype: default keeps the file's own (an fp8 or
+# fp8_scaled file stays fp8; ComfyUI computes it with manual cast where the device has no fp8 kernels).
+WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def weight_dtype(choice: str, input_name: str = "base_precision") -> torch.dtype | None:
+    """The dtype of a WEIGHT_DTYPES choice (None: ComfyUI's choice for the file); InputError otherwise."""
+    if choice not in WEIGHT_DTYPES:
+        raise InputError(input_name, f"'{choice}' is not an option", ", ".join(WEIGHT_DTYPES))
+    return WEIGHT_DTYPES[choice]
 
 
 def dynamic_vram_on() -> bool:

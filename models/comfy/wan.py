@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from .patcher import accepts
+from .rebuild import operations_for
 from .runtime import ensure_comfy
 
 ensure_comfy()
 import comfy.ldm.flux.math as flux_math  # noqa: E402
-import comfy.ops  # noqa: E402
 from comfy.ldm.modules.attention import optimized_attention  # noqa: E402
 from comfy.ldm.wan.model import WanModel, repeat_e  # noqa: E402
 
@@ -75,13 +75,14 @@ def attention_with(transformer_options: dict):
 
 
 def build_wan_model(spec: dict, state_dict: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
-    """Rebuild a WanModel from a spec (`unet_config`, `manual_cast_dtype`) and its diffusion-model weights.
+    """Rebuild a WanModel from a spec (`unet_config`, `manual_cast_dtype`, `quantization`) and its weights.
 
-    Built on the meta device and given the weights by assignment, not copied, so a worker on
-    the CPU computes straight from the shared-memory tensors.
+    Built with the ops the server's BaseModel picked (fp8_scaled files: ComfyUI's scaled fp8 ops,
+    whose Linear layers hold `scale_weight`), on the meta device, and given the weights by
+    assignment, not copied, so a worker on the CPU computes straight from the shared-memory tensors.
     """
     config = dict(spec["unet_config"])
-    operations = comfy.ops.pick_operations(config.get("dtype"), spec["manual_cast_dtype"])
+    operations = operations_for(spec, device)
     with torch.device("meta"):
         model = WanModel(**config, operations=operations)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)

@@ -3,7 +3,7 @@
 Every refusal is an InputError naming the input and what is allowed: an unknown mode,
 gpu_ids naming devices the machine lacks, data_parallel / distributed with one device,
 weight_sharding fsdp outside distributed,
-block_distribution or distributed on a model that is not Wan, fp8 weights on the CPU.
+block_distribution or distributed on a model that is not Wan.
 `auto` takes the recommendation GPUStatus prints (parallel.plan.recommend); weight_sharding auto
 is fsdp when a replica plus the reserve does not fit a device (models/multi_gpu/sharding.py).
 """
@@ -24,8 +24,6 @@ from .wrappers import attach_runners
 
 MODES = ("auto", "none", "data_parallel", "block_distribution", "distributed")
 LOAD_DEVICES = ("main_device", "offload_device")
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-              "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 MULTI_DEVICE_MODES = ("data_parallel", "distributed")
 log = logging.getLogger(__name__)
 
@@ -64,15 +62,6 @@ def reserve_bytes(request: MultiGPURequest) -> int:
     if request.memory_reserve_gb < 0:
         raise InputError("memory_reserve_gb", f"{request.memory_reserve_gb} is negative", "0 or more GiB")
     return int(request.memory_reserve_gb * GIB)
-
-
-def check_precision(base_precision: str, devices: list[torch.device]) -> torch.dtype:
-    """The weight dtype; fp8 needs CUDA devices (the CPU has no fp8 kernels)."""
-    check_choice("base_precision", base_precision, list(PRECISIONS))
-    if base_precision.startswith("fp8") and any(d.type == "cpu" for d in devices):
-        raise InputError("base_precision", f"{base_precision} weights need CUDA GPUs; gpu_ids names the CPU",
-                         "bf16, fp16 or fp32 on the CPU")
-    return PRECISIONS[base_precision]
 
 
 def choose_auto(model_patcher, devices: list[torch.device], reserve: int) -> tuple[str, list[torch.device], str]:
