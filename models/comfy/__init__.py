@@ -49,7 +49,8 @@ drives the pack's overrides with those call shapes.
 | `comfy.model_management.get_torch_device` | always | SeedVR's device | yes | yes | yes |
 | `comfy.model_management.unload_all_models` | always | SeedVR frees the GPU first | yes | yes | yes |
 | `comfy.model_management.soft_empty_cache` | always | SeedVR frees cached memory after | yes | yes | yes |
-| `comfy.cli_args.args` | always | `--cpu` / `--novram` set before ComfyUI is imported outside its server | yes | yes | yes |
+| `comfy.cli_args.args` | always | `--cpu` / `--novram` set before ComfyUI is imported outside its server; workers get the server's attention, `--fast`, VRAM-mode and precision flags (models/comfy/flags.py) | yes | yes | yes |
+| `comfy.cli_args.PerformanceFeature` | optional | `--fast`'s features rebuilt in a worker from their names | yes | yes | yes |
 | `comfy.utils.ProgressBar` | always | progress in the UI | yes | yes | yes |
 | `comfy.utils.load_torch_file` | always | checkpoints read safely | yes | yes | yes |
 | `comfy.patcher_extension.WrappersMP` | always | DIFFUSION_MODEL wrapper type | yes | yes | yes |

@@ -1,8 +1,9 @@
 """Import ComfyUI outside its server: in worker processes, tests and tools.
 
 ComfyUI's model management picks its device at import time; on a machine without CUDA
-it must be told `--cpu` first, exactly as the server is. Call `ensure_comfy()` before
-importing any `comfy.*` module outside the server.
+it must be told `--cpu` first, exactly as the server is, and a worker gets the server's own
+flags (attention backend, --fast, VRAM mode: models/comfy/flags.py). Call `ensure_comfy()`
+before importing any `comfy.*` module outside the server.
 """
 import os
 import sys
@@ -31,8 +32,29 @@ def ensure_comfy(comfyui_dir: str | os.PathLike | None = None, cpu: bool | None 
     if str(folder) not in sys.path:
         sys.path.append(str(folder))
     import torch
+    import comfy.cli_args
     from comfy.cli_args import args
 
-    args.cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    from .flags import apply_from_env
+
+    apply_from_env(args, comfy.cli_args)  # a worker: the server's flags (models/comfy/flags.py)
+    args.cpu = (args.cpu or not torch.cuda.is_available()) if cpu is None else cpu
     args.novram = args.novram or novram
     return folder
+
+
+def comfy_flags() -> dict:
+    """The running ComfyUI's forwarded command-line settings (models/comfy/flags.py), as plain data."""
+    ensure_comfy()
+    from comfy.cli_args import args
+
+    from .flags import flags_of
+
+    return flags_of(args)
+
+
+def worker_flags_env() -> dict:
+    """The environment entry that starts a worker with this process's ComfyUI settings."""
+    from .flags import env_entry
+
+    return env_entry(comfy_flags())

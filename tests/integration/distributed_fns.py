@@ -21,3 +21,14 @@ def fast_blocks(ctx) -> int:
     for handle in ctx.state.pop("slow_hooks"):
         handle.remove()
     return ctx.state.pop("blocks_entered")
+
+
+def comfy_settings(ctx) -> dict:
+    """This worker's ComfyUI flags read through the host adapter, and what ComfyUI chose from them."""
+    from comfyui_parallel.models.comfy.runtime import comfy_flags
+
+    flags = comfy_flags()  # configures and imports ComfyUI first, as every adapter module does
+    import comfy.ldm.modules.attention as attention
+    import comfy.model_management as mm
+
+    return {"flags": flags, "attention": attention.optimized_attention.__name__, "reserved": mm.EXTRA_RESERVED_VRAM}

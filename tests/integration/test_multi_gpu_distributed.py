@@ -11,12 +11,17 @@ import torch
 
 from multi_gpu_helpers import MoveSpy, load_wan_layers, sample  # configures ComfyUI for the CPU first
 
+import comfy.cli_args  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 import comfy.sd  # noqa: E402
+from comfy.ldm.modules.attention import optimized_attention  # noqa: E402
 from comfy_extras.nodes_easycache import EasyCacheNode  # noqa: E402
 from comfy_extras.nodes_slg import SkipLayerGuidanceDiT  # noqa: E402
 from comfy_extras.nodes_tomesd import TomePatchModel  # noqa: E402
+from comfyui_parallel.models.comfy.runtime import comfy_flags  # noqa: E402
+from comfyui_parallel.models.multi_gpu.distributed_server import group_config  # noqa: E402
+from comfyui_parallel.parallel.launch import WorkerGroup  # noqa: E402
 from comfyui_parallel.parallel.pool import POOL  # noqa: E402
 from comfyui_parallel.utils.errors import InputError  # noqa: E402
 from comfyui_parallel.models.multi_gpu.wrappers import runner_of  # noqa: E402
@@ -176,6 +181,29 @@ def test_skip_layer_guidance_changes_the_plain_result(reference):
     """So computing the distributed MODEL without the patch (as before) would have been a wrong result."""
     model = SkipLayerGuidanceDiT.execute(wan256(), 3.0, 0.0, 1.0, double_layers="1").result[0]
     assert (sample(model) - reference).abs().max() > 1e-3
+
+
+def test_workers_start_with_the_servers_comfy_flags():
+    """A server started with --use-split-cross-attention --dont-upcast-attention --reserve-vram 1.5
+    --fast fp16_accumulation --lowvram --deterministic: its workers have the same flags and ComfyUI
+    there chose the split attention this process (started without the flag) did not."""
+    changed = {"use_split_cross_attention": True, "dont_upcast_attention": True, "reserve_vram": 1.5,
+               "fast": {comfy.cli_args.PerformanceFeature.Fp16Accumulation}, "lowvram": True, "deterministic": True}
+    args = comfy.cli_args.args
+    saved = {name: getattr(args, name) for name in changed}
+    try:
+        for name, value in changed.items():
+            setattr(args, name, value)
+        expected, config = comfy_flags(), group_config(["cpu", "cpu"])
+    finally:
+        for name, value in saved.items():
+            setattr(args, name, value)
+    assert expected["fast"] == ["fp16_accumulation"] and expected["reserve_vram"] == 1.5 and expected["lowvram"]
+    with WorkerGroup(config) as group:
+        seen = group.call(f"{FNS}:comfy_settings")
+    assert [view["flags"] for view in seen] == [expected] * 2
+    assert {view["attention"] for view in seen} == {"attention_split"} != {optimized_attention.__name__}
+    assert {view["reserved"] for view in seen} == {int(1.5 * 1024 ** 3)}
 
 
 def test_high_and_low_noise_pair_share_the_workers(keep_groups):
