@@ -4,14 +4,18 @@ Every tensor argument whose first dimension equals the batch size (x, timestep, 
 extra conditions; nested in tuples / lists / dicts too) is cut along dim 0 into per-device
 chunks, proportional to `weights` for unequal GPUs. The chunks run at once in threads (torch
 releases the GIL inside its kernels) and the outputs are gathered in order on the main
-device. A batch of 1 runs on the main device alone. When the source module's weights
-change (a LoRA patch replaces or edits a tensor), the replicas are rebuilt before the next
-call, so they never run with stale weights.
+device. A batch of 1 runs on the main device alone.
+
+Whether the source weights changed is the caller's `identity()` (for a ComfyUI model: the
+patches its load applied, models/comfy/patcher.py `weights_identity`), never tensor addresses,
+which the allocator hands again to a re-patched tensor of the same size. On a change the
+replicas take the new values by copying into their existing tensors, so a refresh needs no
+second set of replicas (a 14B model's replicas are tens of GiB per GPU).
 """
 import contextlib
 import copy
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Hashable
 
 import torch
 from torch import nn
@@ -20,15 +24,23 @@ from .devices import same_device
 from .placement import append_bounded, first_tensor_device, move_to
 
 
-def _weights_signature(module: nn.Module) -> tuple:
-    """(data_ptr, version) of every parameter and buffer: changes when a weight is replaced or edited.
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of `module` by name."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
-    Inference tensors (made under torch.inference_mode) keep no version counter, so for them
-    only a replaced tensor counts as a change: that is how ComfyUI patches weights by default
-    (an in-place `copy_` into an inference tensor is invisible here; call refresh() after one).
-    """
-    tensors = list(module.parameters()) + list(module.buffers())
-    return tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors)
+
+def _layout(module: nn.Module) -> list[tuple]:
+    """(name, shape, dtype) of every tensor: replicas of the same layout can take new values in place."""
+    return [(name, tuple(t.shape), t.dtype) for name, t in _tensors(module).items()]
+
+
+def copy_values(source: nn.Module, replica: nn.Module) -> None:
+    """The source's current tensor values written into the replica's own tensors (no new allocation)."""
+    values = _tensors(source)
+    inference = any(t.is_inference() for t in _tensors(replica).values())
+    with torch.inference_mode(inference), torch.no_grad():
+        for name, tensor in _tensors(replica).items():
+            tensor.copy_(values[name])
 
 
 def copy_to_device(module: nn.Module, device: torch.device) -> nn.Module:
@@ -104,12 +116,15 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
 class DataParallel:
     """A replica of `module` on each device; calls split the batch over them and gather in order.
 
-    Replica 0 is the source module itself when it already sits on devices[0]. `ran_on`
+    Replica 0 is the source module itself when it already sits on devices[0]. `identity`, when
+    given, is asked before every call; a new value refreshes the replicas (without one, call
+    `refresh()` after changing the source weights). `ran_on`
     records (replica index, device, rows) for every chunk run, the engine's own proof of
     which device ran what (simulated cpu devices cannot be told apart from tensors).
     """
 
-    def __init__(self, module: nn.Module, devices: list[torch.device], weights: list[float] | None = None):
+    def __init__(self, module: nn.Module, devices: list[torch.device], weights: list[float] | None = None,
+                 identity: Callable[[], Hashable] | None = None):
         if not devices:
             raise ValueError("DataParallel needs at least one device")
         if weights is not None and (len(weights) != len(devices) or min(weights) < 0 or sum(weights) <= 0):
@@ -119,26 +134,36 @@ class DataParallel:
         self.weights = list(weights) if weights is not None else [1.0] * len(devices)
         self.replicas: list[nn.Module] = []
         self.ran_on: list = []
-        self._signature = None
+        self.identity = identity
+        self._identity = None
+        self._layout = None
         self._pool: ThreadPoolExecutor | None = None
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild every replica from the source module's current weights."""
+        """Give every replica the source module's current weights: copied into the replicas in place
+        when the layout (names, shapes, dtypes) is unchanged, else the old replicas dropped, new ones built."""
+        layout = _layout(self.module)
+        if self.replicas and layout == self._layout:
+            for replica in self.replicas:
+                if replica is not self.module:
+                    copy_values(self.module, replica)
+        else:
+            self.replicas = []
+            self.replicas = [self._replica(i, device) for i, device in enumerate(self.devices)]
+        self._layout = layout
+        self._identity = self.identity() if self.identity is not None else None
+
+    def _replica(self, index: int, device: torch.device) -> nn.Module:
+        """The source module itself as replica 0 when it sits on devices[0], else a copy on `device`."""
         source_device = first_tensor_device(self.module)
-        replicas = []
-        for i, device in enumerate(self.devices):
-            on_device = source_device is None or same_device(source_device, device)
-            if i == 0 and on_device:
-                replicas.append(self.module)
-            else:
-                replicas.append(copy_to_device(self.module, device))
-        self.replicas = replicas
-        self._signature = _weights_signature(self.module)
+        if index == 0 and (source_device is None or same_device(source_device, device)):
+            return self.module
+        return copy_to_device(self.module, device)
 
     def refresh_if_changed(self) -> bool:
-        """Refresh when a source weight was replaced or edited in place since the last build."""
-        if _weights_signature(self.module) == self._signature:
+        """Refresh when `identity()` differs from its value at the last refresh (never without an identity)."""
+        if self.identity is None or self.identity() == self._identity:
             return False
         self.refresh()
         return True

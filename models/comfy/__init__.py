@@ -6,8 +6,9 @@ overrides of ModelPatcher methods take and pass on arguments they do not know. P
 extension points (wrappers, callbacks, attachments, `model_options`) are used where they do
 the job. tests/unit/models/comfy/test_surface.py walks the table below against the installed
 ComfyUI and fails naming any `always` item that is missing; `optional` items are detected at
-run time (the adapter falls back as the last columns say); `server` items exist only in a
-running server and are covered by the end-to-end tests. The 0.38 column is read from
+run time (the adapter falls back as the last columns say); `instance` items are attributes
+ComfyUI sets on each patcher or model it builds (checked on a new ModelPatcher); `server` items
+exist only in a running server and are covered by the end-to-end tests. The 0.38 column is read from
 Comfy-Org/ComfyUI's source (comfy/model_patcher.py @08d0e510, comfy/model_management.py
 @02b2b388, comfy/sd.py @35ead008, main.py @4f8cf3e2); tests/integration/test_host_contract_038.py
 drives the pack's overrides with those call shapes.
@@ -75,6 +76,8 @@ drives the pack's overrides with those call shapes.
 | `comfy.supported_models_base.BASE.scaled_fp8` | always | the dtype of an fp8_scaled file's `scaled_fp8` marker, for a worker's ops | yes | yes | not read |
 | `comfy.supported_models_base.BASE.optimizations` | always | `fp8` (fp8 matrix multiply) as detection set it, for a worker's ops | yes | yes | not read |
 | `comfy.supported_models_base.BASE.layer_quant_config` | optional | per-layer (mixed precision) quantization, for a worker's ops | absent: none | yes | not read |
+| `comfy.model_patcher.ModelPatcher.patches_uuid` | instance | names a patcher's weight patches (changed by every `add_patches`): what replicas, workers and shared copies hold | yes | yes | yes |
+| `comfy.model_base.BaseModel.current_weight_patches_uuid` | instance | the `patches_uuid` ComfyUI's load patched the model with (None unpatched): replicas and workers refresh when it changes, never by tensor address | yes | yes | yes (the 0.38 stand-in sets it as its load does) |
 | `comfy.ldm.wan.model.WanModel` | always | Wan detection, `blocks`, `head` | yes | yes | yes |
 | `comfy.ldm.wan.model.WanSelfAttention` | always | Ulysses reads q, k, v, o, norm_q, norm_k, num_heads, head_dim | `forward(x, freqs)` | + `transformer_options` | + `attn1_patch`, attention containers |
 | `comfy.ldm.wan.model.repeat_e` | always | per-frame modulation expanded to a token shard exactly as the running Wan does | repeats only when the frames divide the tokens | + the remainder | same |

@@ -137,6 +137,28 @@ def non_dynamic(patcher, mode: str, why: str):
     return converted
 
 
+def weights_identity(model) -> tuple:
+    """What the weights of a ComfyUI model are: which model, and which weight patches are in them.
+
+    model: a ModelPatcher (the weights it computes with: its patches_uuid, None without patches) or a
+    BaseModel (the weights it holds now: the patches_uuid of the patcher ComfyUI's load last patched
+    it with, None while unpatched). Replicas, workers and shared copies compare this, never tensor
+    addresses: the allocator reuses a freed address for the next tensor of the same size, such as a
+    LoRA re-patched at another strength. The model is named by a token kept on it (a freed model's
+    id() is reused too).
+    """
+    if hasattr(model, "patches_uuid"):
+        return (_model_token(model.model), model.patches_uuid if model.patches else None)
+    return (_model_token(model), getattr(model, "current_weight_patches_uuid", None))
+
+
+def _model_token(base: nn.Module) -> str:
+    token = base.__dict__.get("_comfyui_parallel_token")
+    if token is None:
+        token = base.__dict__["_comfyui_parallel_token"] = uuid.uuid4().hex
+    return token
+
+
 def set_load_device(patcher, device) -> None:
     """Retarget a patcher; the dynamic patcher also needs `register_load_device` (0.38)."""
     patcher.load_device = device

@@ -21,6 +21,7 @@ from torch import nn
 from ...parallel.replicate import DataParallel
 from ..comfy import loaders, sampling
 from ..comfy.management import intermediate_device
+from ..comfy.patcher import weights_identity
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,11 @@ def with_data_parallel(model, devices: list[torch.device]):
     """A clone of `model` (ModelPatcher) whose every model call splits its batch over `devices`.
 
     The cond / uncond pair and the images of a batch are rows of one call; DataParallel cuts
-    them over per-device replicas and gathers in order. Replicas are rebuilt whenever the
-    patched weights change (LoRA), so they always run the weights ComfyUI patched in.
+    them over per-device replicas and gathers in order. Replicas take new values whenever the
+    patches ComfyUI loaded change (LoRA), so they always run the weights ComfyUI patched in.
     Returns (clone, DataParallel) so the caller can close it.
     """
-    parallel = DataParallel(_ApplyModel(model.model), devices)
+    parallel = DataParallel(_ApplyModel(model.model), devices, identity=lambda: weights_identity(model.model))
     clone = model.clone()
 
     def split_call(apply_model, args):

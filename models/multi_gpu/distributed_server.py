@@ -18,11 +18,12 @@ import torch
 
 from ...parallel.devices import storage_device
 from ...parallel.launch import WorkerGroup, WorkerGroupConfig
-from ...parallel.pool import POOL, weights_identity
+from ...parallel.pool import POOL
 from ...parallel.worker_runtime import to_cpu
 from ...utils.errors import Cancelled
 from ..comfy import management as host
 from ..comfy.extension import rest_of_chain
+from ..comfy.patcher import weights_identity
 from ..comfy.runtime import worker_flags_env
 from ..wan.family import wan_spec
 from .call_options import worker_options
@@ -67,10 +68,11 @@ class _Lease:
 class DistributedRunner:
     """DIFFUSION_MODEL wrapper: every call runs in the workers (Ulysses + CFG split)."""
 
-    def __init__(self, devices, spec: dict, sharding: str = "replicate"):
+    def __init__(self, devices, spec: dict, base_model, sharding: str = "replicate"):
         names = [str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices]
         config = group_config(names)
         self.spec, self.sharding = spec, sharding
+        self.base_model = weakref.ref(base_model)  # the BaseModel every clone of the patcher shares
         self.cfg_degree = most_cfg_groups(len(names))  # CFG groups of a call whose batch splits
         self.last_tokens: list[int] = []  # real tokens each rank computed in the last call
         self.lease = _Lease(("wan_distributed", tuple(names), config.comfyui_dir), config)
@@ -105,9 +107,11 @@ class DistributedRunner:
         """Share the model's current weights and load them in the workers, unless they already hold them.
 
         Several MODELs may share one group (Wan 2.2's high / low noise pair): the pool knows
-        which model the workers hold, and a switch reloads from this runner's shared copy.
+        which model the workers hold, and a switch reloads from this runner's shared copy. What the
+        workers hold is named by the patches ComfyUI loaded into the model (a LoRA added, re-weighted
+        or removed is new weights), never by tensor addresses.
         """
-        identity = weights_identity(module)
+        identity = weights_identity(self.base_model())
         token = f"{id(module):x}-{hash(identity) & 0xFFFFFFFF:x}-{self.sharding}"
         group.start()
         if POOL.holds(self.lease.key, token):
@@ -133,7 +137,7 @@ class DistributedRunner:
 
 def distributed_runner(patcher) -> DistributedRunner:
     """The runner for a Multi-GPU patcher whose mode is distributed."""
-    runner = DistributedRunner(patcher.multi_gpu.devices, wan_spec(patcher).to_message(),
+    runner = DistributedRunner(patcher.multi_gpu.devices, wan_spec(patcher).to_message(), patcher.model,
                                sharding=patcher.multi_gpu.weight_sharding)
     log.info("distributed: %d workers; a call with cond and uncond runs as %d CFG group(s) of %d sequence ranks, "
              "any other call on all of them", len(runner.lease.config.devices), runner.cfg_degree,

@@ -11,7 +11,7 @@ from .distributed_server import distributed_runner
 WRAPPER_KEY = "comfyui_parallel.multi_gpu"
 
 RUNNERS = {
-    "data_parallel": lambda patcher: DataParallelRunner(patcher.multi_gpu.devices),
+    "data_parallel": lambda patcher: DataParallelRunner(patcher.multi_gpu.devices, patcher.model),
     "distributed": distributed_runner,
 }
 

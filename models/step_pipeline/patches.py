@@ -48,8 +48,3 @@ def describe_patches(model, input_name: str = "model") -> dict | None:
         raise InputError(input_name, f"carries patches the stage workers cannot rebuild: {', '.join(unsupported)}",
                          SUPPORTED)
     return guidance
-
-
-def weights_key(model) -> tuple:
-    """Identifies the weights patched_state_dict gives: the shared model and its weight patches."""
-    return (model.model, model.patches_uuid if model.patches else None)

@@ -21,9 +21,10 @@ from ...parallel.launch import WorkerGroupConfig
 from ...parallel.pipeline import PipelineReport, StageStats
 from ...parallel.pool import POOL
 from ...utils.errors import Cancelled
+from ..comfy.patcher import weights_identity
 from ..comfy.rebuild import model_spec
 from ..comfy.weights import patched_state_dict
-from .patches import describe_patches, weights_key
+from .patches import describe_patches
 from .plan import (PipelineSettings, as_plain, check_range, models_of, segments, stage_pieces,
                    stage_ranges)
 from .stage import check_splittable
@@ -55,7 +56,8 @@ def share_models(key: tuple, models: list) -> list:
         for index in range(len(MODEL_INPUTS)):
             if other != key or index >= len(models):
                 POOL.drop_weights(other, MODEL_INPUTS[index])
-    return [POOL.shared(key, MODEL_INPUTS[index], weights_key(model), lambda model=model: patched_state_dict(model))
+    return [POOL.shared(key, MODEL_INPUTS[index], weights_identity(model),
+                        lambda model=model: patched_state_dict(model))
             for index, model in enumerate(models)]
 
 

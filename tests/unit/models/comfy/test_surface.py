@@ -1,7 +1,8 @@
 """The coupling table of models/comfy (its docstring) against the installed ComfyUI.
 
 Every `always` item must exist; an `optional` one may be absent, and then the adapter's
-fallback must still work (the checks at the bottom); nothing outside models/comfy touches
+fallback must still work (the checks at the bottom); every `instance` item is set on a new
+ModelPatcher (or on the model it wraps); nothing outside models/comfy touches
 `comfy`, and every `comfy.*` name the adapter uses is in the table.
 """
 import ast
@@ -17,7 +18,7 @@ ensure_comfy()
 import comfyui_parallel.models.comfy as adapter  # noqa: E402
 
 PACK = Path(adapter.__file__).resolve().parents[2]
-ROW = re.compile(r"^\| `([^`]+)` \| (always|optional|server) \|", re.M)
+ROW = re.compile(r"^\| `([^`]+)` \| (always|optional|instance|server) \|", re.M)
 ROWS = ROW.findall(adapter.__doc__)
 PACK_FOLDERS = ("models", "nodes", "parallel", "offload", "utils")
 ALIASES = {"mm.": "comfy.model_management.", "flux_math.": "comfy.ldm.flux.math.",
@@ -57,6 +58,18 @@ def test_every_always_item_exists_in_this_comfyui():
         except (ImportError, AttributeError) as error:
             missing.append(f"{item} ({error})")
     assert not missing, "ComfyUI lacks: " + "; ".join(missing)
+
+
+def test_every_instance_item_is_set_on_a_new_patcher():
+    import torch
+    import comfy.model_patcher
+
+    patcher = comfy.model_patcher.ModelPatcher(torch.nn.Linear(1, 1), torch.device("cpu"), torch.device("cpu"))
+    owners = {"comfy.model_patcher.ModelPatcher": patcher, "comfy.model_base.BaseModel": patcher.model}
+    items = [item for item, needed in ROWS if needed == "instance"]
+    assert items, "the table names the instance attributes it relies on"
+    missing = [item for item in items if not hasattr(owners[item.rsplit(".", 1)[0]], item.rsplit(".", 1)[1])]
+    assert not missing, "ComfyUI does not set: " + "; ".join(missing)
 
 
 def test_one_of_each_optional_pair_exists():
