@@ -17,17 +17,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable, Mapping
 
 import torch
-from torch import nn
 
 from .launch import WorkerGroup, WorkerGroupConfig
 from .shared_weights import SharedWeights, share_state_dict
 
-__all__ = ["WorkerPool", "POOL", "weights_identity"]
-
-
-def weights_identity(module: nn.Module) -> tuple:
-    """data_ptr of every weight: changes when ComfyUI's LoRA patching replaces a tensor."""
-    return tuple(t.data_ptr() for t in list(module.parameters()) + list(module.buffers()))
+__all__ = ["WorkerPool", "POOL"]
 
 
 @dataclass

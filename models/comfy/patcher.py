@@ -140,9 +140,10 @@ def non_dynamic(patcher, mode: str, why: str):
 def weights_identity(model) -> tuple:
     """What the weights of a ComfyUI model are: which model, and which weight patches are in them.
 
-    model: a ModelPatcher (the weights it computes with: its patches_uuid, None without patches) or a
+    model: a ModelPatcher (the weights it computes with: its patches_uuid, None without patches), a
     BaseModel (the weights it holds now: the patches_uuid of the patcher ComfyUI's load last patched
-    it with, None while unpatched). Replicas, workers and shared copies compare this, never tensor
+    it with, None while unpatched) or another module whose weights never change once loaded (the
+    pack's SeedVR: the module alone). Replicas, workers and shared copies compare this, never tensor
     addresses: the allocator reuses a freed address for the next tensor of the same size, such as a
     LoRA re-patched at another strength. The model is named by a token kept on it (a freed model's
     id() is reused too).

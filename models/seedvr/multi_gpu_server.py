@@ -17,8 +17,9 @@ import torch
 
 from ...parallel.devices import storage_device
 from ...parallel.launch import WorkerGroupConfig
-from ...parallel.pool import POOL, weights_identity
+from ...parallel.pool import POOL
 from ...utils.errors import Cancelled
+from ..comfy.patcher import weights_identity
 from .pipeline import SeedVRModel, UpscaleSettings, merge, prepare
 from .sampling import sampling_timesteps
 

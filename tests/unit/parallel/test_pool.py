@@ -4,9 +4,8 @@ import threading
 
 import psutil
 import torch
-from torch import nn
 
-from comfyui_parallel.parallel.pool import WorkerPool, weights_identity
+from comfyui_parallel.parallel.pool import WorkerPool
 from worker_groups import FNS, make_config
 
 
@@ -68,11 +67,3 @@ def test_free_memory_ends_idle_groups_and_spares_a_running_call():
     assert set(pool.pids("running")) == set(running.pids)
     pool.close_all()
     assert pool.pids() == []
-
-
-def test_weights_identity_changes_when_a_tensor_is_replaced():
-    module = nn.Linear(2, 2)
-    before = weights_identity(module)
-    assert weights_identity(module) == before
-    module.weight = nn.Parameter(module.weight.detach().clone())
-    assert weights_identity(module) != before
