@@ -109,19 +109,24 @@ class GeluMLP(nn.Module):
         return self.proj_out(F.gelu(self.proj_in(x), approximate="tanh"))
 
 
+WINDOW_BATCH_TOKENS = 2048  # video tokens per batched window-attention call (see WindowAttention)
+
+
 class WindowAttention(nn.Module):
     """Joint video+text attention inside each window; text attends per window and is averaged.
 
     Windows of equal shape (all inner windows, and each kind of border window) share their
-    rotary angles and are computed in one batched attention call (`grouped`); with `grouped`
-    False every window is its own call, as the reference loops over its varlen segments.
+    rotary angles and are computed in batched attention calls of up to `batch_tokens` video
+    tokens: batching every window at once would hold a second copy of the whole grid's q / k / v
+    (about 3x the block's activations at 720p), so the batches are bounded. `batch_tokens` 0 makes
+    every window its own call, as the reference loops over its varlen segments.
     """
 
     def __init__(self, cfg: DiTConfig, shared: bool, shifted: bool):
         super().__init__()
         dim, inner = cfg.vid_dim, cfg.heads * cfg.head_dim
         self.cfg, self.shifted = cfg, shifted
-        self.grouped = True
+        self.batch_tokens = WINDOW_BATCH_TOKENS
         self.proj_qkv = MM(lambda: nn.Linear(dim, 3 * inner, bias=False), shared)
         self.proj_out = MM(lambda: nn.Linear(inner, dim), shared)
         self.norm_q = MM(lambda: RMSNorm(cfg.head_dim, cfg.norm_eps, True), shared)
@@ -148,7 +153,7 @@ class WindowAttention(nn.Module):
         vid_out = torch.empty_like(vv)
         txt_sum = torch.zeros_like(text[2], dtype=torch.float32)
         windows = make_windows(grid, self.cfg.window, self.shifted)
-        for shape, group in group_windows(windows, grid, self.grouped):
+        for shape, group in group_windows(windows, grid, self.batch_tokens):
             angles = self.rope.video_angles(shape, text_len)
             wq, wk, wv = (torch.stack([x[w] for w in group]).flatten(1, 3) for x in (vq, vk, vv))
             wq, wk = rotate_interleaved(wq, angles), rotate_interleaved(wk, angles)

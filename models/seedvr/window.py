@@ -48,11 +48,16 @@ def window_shape(window: Window, size: tuple) -> tuple:
     return tuple(len(range(*axis.indices(n))) for axis, n in zip(window, size))
 
 
-def group_windows(windows: list, size: tuple, grouped: bool = True) -> list:
-    """[(shape, windows of that shape)] in first-seen order; one window per entry when not grouped."""
-    if not grouped:
-        return [(window_shape(w, size), [w]) for w in windows]
+def group_windows(windows: list, size: tuple, max_tokens: int | None = None) -> list:
+    """[(shape, windows of that shape)] in first-seen order, each batch at most `max_tokens` video
+    tokens (always at least one window); `max_tokens` 0 gives one window per entry, None no limit."""
     groups: dict = {}
     for window in windows:
         groups.setdefault(window_shape(window, size), []).append(window)
-    return list(groups.items())
+    if max_tokens is None:
+        return list(groups.items())
+    batches = []
+    for shape, group in groups.items():
+        step = max(1, max_tokens // math.prod(shape))
+        batches += [(shape, group[i:i + step]) for i in range(0, len(group), step)]
+    return batches

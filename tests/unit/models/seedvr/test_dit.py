@@ -127,18 +127,34 @@ def test_windows_grouped_by_shape_cover_the_list_in_few_calls():
     assert sorted(key(w) for _, g in groups for w in g) == sorted(key(w) for w in windows)
     assert sum(len(g) for _, g in groups) == len(windows) == 64
     assert len(groups) <= 27 and all(window_shape(w, (6, 45, 80)) == s for s, g in groups for w in g)
-    assert len(group_windows(windows, (6, 45, 80), grouped=False)) == 64
+    assert len(group_windows(windows, (6, 45, 80), max_tokens=0)) == 64
+
+
+def test_window_batches_hold_at_most_the_token_budget():
+    grid = (6, 45, 80)
+    windows = make_windows(grid, (4, 3, 3), shifted=True)
+    batches = group_windows(windows, grid, max_tokens=2048)
+    tokens = [len(group) * math.prod(shape) for shape, group in batches]
+    assert max(tokens) <= 2048 and sum(tokens) == 6 * 45 * 80
+    assert len(group_windows(windows, grid)) < len(batches) < len(windows)
+    assert [w for _, g in batches for w in g] != windows  # regrouped, yet every window once:
+    assert sorted(map(str, (w for _, g in batches for w in g))) == sorted(map(str, windows))
+    huge = group_windows(windows, grid, max_tokens=10)  # smaller than a window: one window per call
+    assert len(huge) == len(windows)
 
 
 @pytest.mark.parametrize("family", ["v2", "v1"])
-def test_grouped_window_attention_equals_one_call_per_window(family):
-    """Many windows (a 720p-shaped token grid), regular and shifted layers: the same numbers."""
+@pytest.mark.parametrize("batch_tokens", [None, 100])
+def test_batched_window_attention_equals_one_call_per_window(family, batch_tokens):
+    """Many windows (a 720p-shaped token grid), regular and shifted layers, every window of a shape
+    in one call or in bounded batches: the same numbers as one call per window."""
     dit = build.random_init_(NaDiT(config.small_dit(family)), seed=5).eval()
     vid, txt = _inputs(t=3, h=36, w=64, tokens=7)
+    outputs = []
     with torch.no_grad():
-        grouped = dit(vid, txt, torch.tensor([700.0]))
-        for block in dit.blocks:
-            block.attn.grouped = False
-        looped = dit(vid, txt, torch.tensor([700.0]))
+        for tokens in (batch_tokens, 0):
+            for block in dit.blocks:
+                block.attn.batch_tokens = tokens
+            outputs.append(dit(vid, txt, torch.tensor([700.0])))
     assert len(make_windows((3, 18, 32), (4, 3, 3), shifted=True)) > 9
-    torch.testing.assert_close(grouped, looped, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(*outputs, rtol=1e-5, atol=1e-5)
