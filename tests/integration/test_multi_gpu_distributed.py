@@ -38,6 +38,13 @@ def wan256():
     return comfy.sd.load_diffusion_model_state_dict(tiny_wan_state_dict(dim=256, num_layers=2, seed=3))
 
 
+def node_output(node, *args, **kwargs):
+    """The first output of one of ComfyUI's nodes, V3 (`execute`) or V1 (its FUNCTION): 0.3.52 has both kinds."""
+    if hasattr(node, "FUNCTION"):
+        return getattr(node(), node.FUNCTION)(*args, **kwargs)[0]
+    return node.execute(*args, **kwargs).result[0]
+
+
 def distributed(model, gpu_ids: str):
     return apply_multi_gpu(model, resolve(model, MultiGPURequest("distributed", gpu_ids)))
 
@@ -155,7 +162,7 @@ def test_easycache_added_after_distributed_runs_around_the_workers(keep_groups):
     """ComfyUI's EasyCache node on a distributed MODEL: its DIFFUSION_MODEL wrapper (added after the
     runner's) skips the same steps as on the plain model, instead of being dropped."""
     def easycache(model):
-        return EasyCacheNode.execute(model, 0.5, 0.0, 1.0, False).result[0]
+        return node_output(EasyCacheNode, model, 0.5, 0.0, 1.0, False)
 
     expected = sample(easycache(wan256()), steps=8)
     model = distributed(wan256(), "cpu,cpu")
@@ -164,9 +171,9 @@ def test_easycache_added_after_distributed_runs_around_the_workers(keep_groups):
 
 
 @pytest.mark.parametrize("patch,named", [
-    (lambda m: SkipLayerGuidanceDiT.execute(m, 3.0, 0.0, 1.0, double_layers="1").result[0],
+    (lambda m: node_output(SkipLayerGuidanceDiT, m, 3.0, 0.0, 1.0, double_layers="1"),
      r"patches_replace\['dit'\]\[\('double_block', 1\)\] \(comfy_extras\.nodes_slg\."),
-    (lambda m: TomePatchModel.execute(m, 0.5).result[0],
+    (lambda m: node_output(TomePatchModel, m, 0.5),
      r"patches\['attn1_patch'\] \(comfy_extras\.nodes_tomesd\..*patches\['attn1_output_patch'\]"),
 ], ids=["SkipLayerGuidanceDiT", "TomePatchModel"])
 def test_model_patches_on_distributed_are_refused_by_name(keep_groups, reference, patch, named):
@@ -179,7 +186,7 @@ def test_model_patches_on_distributed_are_refused_by_name(keep_groups, reference
 
 def test_skip_layer_guidance_changes_the_plain_result(reference):
     """So computing the distributed MODEL without the patch (as before) would have been a wrong result."""
-    model = SkipLayerGuidanceDiT.execute(wan256(), 3.0, 0.0, 1.0, double_layers="1").result[0]
+    model = node_output(SkipLayerGuidanceDiT, wan256(), 3.0, 0.0, 1.0, double_layers="1")
     assert (sample(model) - reference).abs().max() > 1e-3
 
 
