@@ -77,8 +77,9 @@ class MultiGPUApply:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "Any MODEL (GGUF, LoRA-patched, ...); block_distribution and "
-                                "distributed need a Wan model."}),
+            "model": ("MODEL", {"tooltip": "A MODEL from ComfyUI's loaders; a LoRA loader before or after this "
+                                "node applies in every mode. block_distribution and distributed need a Wan model. "
+                                "MODELs of other packs' loaders (GGUF) are not tested."}),
             **load_device_input(),
             **parallel_inputs(),
         }, "optional": optional_inputs()}

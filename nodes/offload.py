@@ -76,8 +76,9 @@ class OffloadApply:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "Any Wan MODEL (LoRA-patched, GGUF, ...): its patched weights are "
-                                "what gets swapped."}),
+            "model": ("MODEL", {"tooltip": "A Wan MODEL from ComfyUI's loaders; a LoRA loader before or after "
+                                "this node applies (the patched weights are what gets swapped). MODELs of other "
+                                "packs' loaders (GGUF) are not tested."}),
             **OFFLOAD_INPUTS,
         }}
 

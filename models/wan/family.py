@@ -19,7 +19,7 @@ from ..comfy.rebuild import model_spec
 from ..comfy.wan import is_plain_wan, is_wan
 
 SUPPORTED = ("Wan 2.1 T2V / I2V / FLF2V and Wan 2.2 TI2V 5B / T2V / I2V 14B models loaded by ComfyUI "
-             "(UNETLoader, MultiGPULoader, GGUF or LoRA-patched Wan)")
+             "(UNETLoader, MultiGPULoader, LoRA-patched Wan)")
 SEQUENCE_PARALLEL_SUPPORTED = "plain Wan 2.1 / 2.2 T2V, I2V and TI2V models (not VACE, Camera, HuMo, S2V, Animate)"
 
 

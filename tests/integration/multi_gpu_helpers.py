@@ -51,6 +51,19 @@ def sample(model, seed: int = 42, steps: int = 3, cfg: float = 5.0, latent_shape
                                noise_mask=noise_mask, seed=seed, disable_pbar=True)
 
 
+@contextlib.contextmanager
+def runner_closed(model):
+    """A Multi-GPU MODEL whose replicas or workers are let go of when the block ends."""
+    from comfyui_parallel.models.multi_gpu.wrappers import runner_of
+
+    try:
+        yield model
+    finally:
+        runner = runner_of(model)
+        if runner is not None:
+            runner.close()
+
+
 class MoveSpy(contextlib.AbstractContextManager):
     """Records (module name, target device) for every nn.Module.to call on modules of one model."""
 

@@ -8,12 +8,11 @@ loaders' base_precision default must keep the file's fp8 weights (not upcast the
 import pytest
 import torch
 
-from multi_gpu_helpers import sample  # configures ComfyUI for the CPU first
+from multi_gpu_helpers import runner_closed, sample  # configures ComfyUI for the CPU first
 
 import comfy.sd  # noqa: E402
 import folder_paths  # noqa: E402
 from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
-from comfyui_parallel.models.multi_gpu.wrappers import runner_of  # noqa: E402
 from comfyui_parallel.models.offload.patcher import OffloadSettings, apply_offload  # noqa: E402
 from comfyui_parallel.nodes.multi_gpu import MultiGPULoader  # noqa: E402
 from devtools.demo_models import TINY_WAN, TINY_WAN_FP8_SCALED  # noqa: E402
@@ -48,13 +47,8 @@ def test_the_file_is_what_comfyui_detects_as_fp8_scaled(models_cache):
 @pytest.mark.parametrize("mode", list(MODES))
 def test_each_mode_equals_the_unet_loader_graph(models_cache, reference, mode):
     model = unet_loader(models_cache)
-    patched = apply_multi_gpu(model, resolve(model, MultiGPURequest(mode, "cpu,cpu")))
-    try:
+    with runner_closed(apply_multi_gpu(model, resolve(model, MultiGPURequest(mode, "cpu,cpu")))) as patched:
         torch.testing.assert_close(sample(patched), reference, rtol=MODES[mode], atol=MODES[mode])
-    finally:
-        runner = runner_of(patched)
-        if runner is not None:
-            runner.close()
 
 
 @pytest.mark.parametrize("blocks_to_swap", [1, 2])

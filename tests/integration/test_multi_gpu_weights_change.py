@@ -11,7 +11,7 @@ the address, so the in-place patcher is what shows it here.
 import pytest
 import torch
 
-from multi_gpu_helpers import load_tiny_wan, sample  # configures ComfyUI for the CPU first
+from multi_gpu_helpers import load_tiny_wan, runner_closed, sample  # configures ComfyUI for the CPU first
 
 import folder_paths  # noqa: E402
 from comfyui_parallel.models.comfy import guidance  # noqa: E402
@@ -61,14 +61,11 @@ def expected(models_cache, loras):
 def test_each_strength_equals_the_plain_graph(models_cache, expected, mode, inplace):
     with torch.inference_mode():  # as ComfyUI executes a prompt: weights loaded and patched there
         base = load(models_cache, inplace)
-        model = apply_multi_gpu(base, resolve(base, MultiGPURequest(mode, "cpu,cpu")))
-        try:
+        with runner_closed(apply_multi_gpu(base, resolve(base, MultiGPURequest(mode, "cpu,cpu")))) as model:
             for strength in STRENGTHS:
                 got = sample(with_lora(model, strength))
                 torch.testing.assert_close(got, expected[strength], **TOLERANCE,
                                            msg=f"{mode} at strength {strength}")
-        finally:
-            runner_of(model).close()
 
 
 def test_a_refresh_copies_into_the_existing_replicas(models_cache, loras):
