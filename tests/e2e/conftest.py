@@ -57,3 +57,13 @@ def one_thread_server(tmp_path_factory, models_cache):
     server = ComfyServer(base, env={"OMP_NUM_THREADS": "1"}).start()
     yield server
     assert server.stop() == []
+
+
+@pytest.fixture(scope="module")
+def flagged_server(tmp_path_factory, models_cache):
+    """A server of its own started with attention, --fast, --reserve-vram and --deterministic flags."""
+    base = server_base(tmp_path_factory, models_cache, "comfy-flags")
+    flags = ["--use-split-cross-attention", "--reserve-vram", "1.5", "--fast", "fp16_accumulation", "--deterministic"]
+    server = ComfyServer(base, extra_args=flags, env={"OMP_NUM_THREADS": "2"}).start()
+    yield server
+    assert server.stop() == []

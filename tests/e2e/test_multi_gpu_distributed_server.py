@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from comfyui_parallel.models.comfy.flags import ENV
 from devtools.comfy_server import REPO
 
 API = REPO / "workflows" / "api"
@@ -68,7 +69,20 @@ def run_until_progress_then_interrupt(server, prompt: dict, after_steps: int = 2
 def test_cancel_stops_the_workers_and_the_next_prompt_runs(server, plain_latent):
     result = run_until_progress_then_interrupt(server, distributed("cpu,cpu", steps=400))
     assert result.status == "interrupted", result.error_text
-    assert len(worker_processes(server)) <= 2, "no stray workers after a cancel"
+    pids = {process.pid for process in worker_processes(server)}
+    assert len(pids) == 2, "the cancel kept the two workers, and no others"
     again = server.run(distributed("cpu,cpu"))
     torch.testing.assert_close(read_latent(again, server), plain_latent, **TOLERANCE)
-    assert len(worker_processes(server)) == 2
+    assert {process.pid for process in worker_processes(server)} == pids, "the next prompt ran on the same workers"
+
+
+def test_workers_of_a_server_started_with_flags_get_them(flagged_server):
+    """--use-split-cross-attention --reserve-vram 1.5 --fast fp16_accumulation --deterministic reach the
+    workers' environment (a worker sets them on ComfyUI's args: tests/integration/test_multi_gpu_distributed.py)."""
+    plain = read_latent(flagged_server.run(workflow("wan_basic")), flagged_server)
+    result = flagged_server.run(distributed("cpu,cpu"))
+    torch.testing.assert_close(read_latent(result, flagged_server), plain, **TOLERANCE)
+    sent = [json.loads(process.environ()[ENV]) for process in worker_processes(flagged_server)]
+    assert len(sent) == 2 and sent[0] == sent[1]
+    assert sent[0]["use_split_cross_attention"] and sent[0]["deterministic"] and not sent[0]["use_pytorch_cross_attention"]
+    assert sent[0]["reserve_vram"] == 1.5 and sent[0]["fast"] == ["fp16_accumulation"] and sent[0]["cpu"]
