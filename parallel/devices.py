@@ -168,6 +168,12 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
+def home_device(device: torch.device | str) -> torch.device:
+    """The device tensors sent to `device` report: cuda:N; plain `cpu` for cpu:N in plain torch, but cpu:N
+    itself on the tests' simulated devices (where cpu:1 holds tensors of its own)."""
+    return torch.empty(0, device=device).device
+
+
 def storage_device(device: torch.device) -> torch.device:
     """Where tensors sent to `device` actually live: simulated cpu:N -> cpu."""
     return torch.device("cpu") if device.type == "cpu" else device

@@ -205,6 +205,11 @@ def clear_weights_patched(module: nn.Module) -> None:
     module.__dict__.pop("comfy_patched_weights", None)
 
 
+def partly_loaded(patcher) -> bool:
+    """Whether ComfyUI's lowvram path loaded the model only partly (some weights cast per op, patched then)."""
+    return getattr(patcher.model, "model_lowvram", False) is True
+
+
 def add_loaded_bytes(patcher, count: int) -> None:
     """Book `count` more bytes as loaded on the patcher's device (ComfyUI's accounting)."""
     patcher.model.model_loaded_weight_memory += count

@@ -4,11 +4,13 @@ ComfyUI's model management moves weights only through a patcher's `load`, `unpat
 `partially_unload` / `partially_load` and `detach`, and sizes memory through `model_size` and
 `loaded_size`. `MultiGPUPatcherMixin` takes over exactly there (no global monkeypatching):
 
-- block_distribution: the transformer blocks are left out of ComfyUI's own load list; `load`
-  places them with `parallel.placement.distribute_blocks` on their planned devices (each
-  block moves once, straight to its device) and applies LoRA patches to each block on its
-  device; the rest of the model (embeddings, head) is loaded by ComfyUI's own code. ComfyUI
-  sees only the main device's share as the model's size, so it never pulls the blocks back.
+- block_distribution: `load` plans the placement from the free memory then (models/multi_gpu/
+  load_plan.py: not at ComfyUI's earlier `model_size` call, and again when the free memory
+  changed), places the blocks planned off the main device with `parallel.placement.
+  distribute_blocks` (each moves once, straight to its device) and applies their LoRA patches
+  there; those blocks are left out of ComfyUI's own load list, so it never pulls them back. The
+  main device's blocks stay in that list with the embeddings and head: ComfyUI loads, patches
+  and partially unloads them (its lowvram path) as any module, and sees them as the model's size.
 - distributed: the blocks stay on the offload device (workers compute them from shared
   memory); only embeddings and head are loaded on the main device.
 - none / data_parallel: ComfyUI's own loading on the main device; data_parallel replicates
@@ -23,9 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ...parallel.devices import free_bytes, storage_device
+from ...parallel.devices import home_device
 from ...parallel.placement import distribute_blocks
-from ...parallel.plan import module_bytes, plan_blocks
+from ...parallel.plan import module_bytes
+from . import load_plan
 from ..comfy import patcher as host
 from ..comfy.management import warn_whole_model_flag
 from ..wan.family import block_index_of, wan_blocks, works_between_blocks
@@ -47,23 +50,14 @@ class MultiGPUSettings:
 
     @property
     def main_device(self) -> torch.device:
-        """Where ComfyUI loads the model and feeds its inputs: the first device (simulated cpu:N -> cpu)."""
-        return storage_device(self.devices[0])
+        """Where ComfyUI loads the model and feeds its inputs: the first device, as its tensors report it."""
+        return home_device(self.devices[0])
 
 
-@dataclass
-class Placement:
-    """The block placement of one BaseModel (shared by all its patcher clones, like its weights)."""
-
-    assignment: list[int]
-    device_bytes: list[int]
-    distribution: object = None  # parallel.placement.BlockDistribution once the blocks are placed
+_PLACEMENTS: "weakref.WeakKeyDictionary[torch.nn.Module, load_plan.Placement]" = weakref.WeakKeyDictionary()
 
 
-_PLACEMENTS: "weakref.WeakKeyDictionary[torch.nn.Module, Placement]" = weakref.WeakKeyDictionary()
-
-
-def placement_of(base_model: torch.nn.Module) -> Placement | None:
+def placement_of(base_model: torch.nn.Module) -> load_plan.Placement | None:
     """The current block placement of a BaseModel, None when its blocks are not distributed."""
     return _PLACEMENTS.get(base_model)
 
@@ -88,63 +82,88 @@ class MultiGPUPatcherMixin(host.PatcherMixin):
         loading = super()._load_list(*args, **kwargs)
         if not self._manages_blocks():
             return loading
-        return host.drop_from_load_list(loading, lambda name, _module: block_index_of(name) is not None)
+        elsewhere = self._blocks_elsewhere()
+        return host.drop_from_load_list(loading, lambda name, _module: block_index_of(name) in elsewhere)
 
-    def _plan(self) -> Placement:
-        """This model's placement: reused while it lasts, else planned from free memory now."""
-        current = _PLACEMENTS.get(self.model)
-        if current is not None:
-            return current
-        blocks = wan_blocks(self.model.diffusion_model)
-        sizes = [module_bytes(b) for b in blocks]
-        reserve = self.multi_gpu.memory_reserve_bytes
-        capacities = [max(free_bytes(d) - reserve, 0) for d in self.multi_gpu.devices]
-        rest = module_bytes(self.model) - sum(sizes)
-        plan = plan_blocks(sizes, capacities, first_device_extra=rest)
-        placement = Placement(plan.assignment, plan.device_bytes)
-        _PLACEMENTS[self.model] = placement
-        return placement
+    def _blocks_elsewhere(self) -> set[int]:
+        """Blocks ComfyUI's own loading leaves alone: all of them in distributed mode (and before a
+        placement exists), else those planned off the main device."""
+        count = len(wan_blocks(self.model.diffusion_model))
+        placement = _PLACEMENTS.get(self.model)
+        if self._mode() == "distributed" or placement is None:
+            return set(range(count))
+        return set(range(count)) - placement.main_blocks()
+
+    def _sizes(self) -> tuple[list[int], int]:
+        """(bytes of each block, bytes of the rest of the model: embeddings, head)."""
+        sizes = [module_bytes(b) for b in wan_blocks(self.model.diffusion_model)]
+        return sizes, module_bytes(self.model) - sum(sizes)
+
+    def _capacities(self, placement) -> list[int]:
+        sizes, _ = self._sizes()
+        devices = list(self.multi_gpu.devices)
+        held = load_plan.held_bytes(placement, sizes, self.loaded_size(), len(devices))
+        return load_plan.capacities(devices, self.multi_gpu.memory_reserve_bytes, held)
 
     def model_size(self):
         if not self._manages_blocks():
             return super().model_size()
-        blocks = wan_blocks(self.model.diffusion_model)
-        rest = module_bytes(self.model) - sum(module_bytes(b) for b in blocks)
+        sizes, rest = self._sizes()
         if self._mode() == "distributed":
             return rest
-        placement = self._plan()
-        return rest + sum(module_bytes(b) for b, d in zip(blocks, placement.assignment) if d == 0)
+        placement = _PLACEMENTS.get(self.model)
+        main = placement.main_blocks() if placement is not None else \
+            load_plan.estimate_main_blocks(sizes, self._capacities(None), rest)
+        return rest + sum(sizes[i] for i in main)
 
     def load(self, *args, **kwargs):
         if not self._manages_blocks():
             return super().load(*args, **kwargs)
         call = host.LoadCall.of(args, kwargs)
         with self.use_ejected():
-            on_main = self._place_blocks(call.device_to)
+            self._place_blocks(call.device_to)
             budget = call.lowvram_model_memory
             budget = 1e32 if call.full_load or budget <= 0 else budget
             # full_load=False: ComfyUI's full load ends with model.to(device), which would pull the blocks back
             super().load(**call.arguments(lowvram_model_memory=budget, full_load=False))
-            host.add_loaded_bytes(self, on_main)
 
-    def _place_blocks(self, device_to) -> int:
-        """Put the blocks where the mode wants them and apply LoRA patches there; bytes left on device_to."""
+    def _place_blocks(self, device_to) -> None:
+        """Put the blocks planned off the main device there and apply their LoRA patches there (ComfyUI's
+        own load does both for the main device's blocks); distributed: patch them where they are."""
         blocks = wan_blocks(self.model.diffusion_model)
-        if self._mode() == "block_distribution":
-            placement = self._plan()
-            if placement.distribution is None:
-                devices = list(self.multi_gpu.devices)
-                each = works_between_blocks(self.model.diffusion_model)
-                placement.distribution = distribute_blocks(blocks, devices, placement.assignment, device_to, each)
-                log.info("block_distribution:\n%s", placement.distribution.describe())
-            block_devices = placement.distribution.block_devices
-        else:
-            block_devices = [None] * len(blocks)
-        for index, (block, device) in enumerate(zip(blocks, block_devices)):
-            self._patch_block(index, block, device)
-        if self._mode() == "distributed":
-            return 0
-        return sum(module_bytes(b) for b, a in zip(blocks, self._plan().assignment) if a == 0)
+        if self._mode() != "block_distribution":
+            for index, block in enumerate(blocks):
+                self._patch_block(index, block, None)
+            return
+        placement = self._placement_now()
+        if placement.distribution is None:
+            each = works_between_blocks(self.model.diffusion_model)
+            placement.distribution = distribute_blocks(blocks, list(self.multi_gpu.devices), placement.assignment,
+                                                       device_to, each, leave_on_main=True)
+            log.info("block_distribution:\n%s", placement.distribution.describe())
+        for index in sorted(set(range(len(blocks))) - placement.main_blocks()):
+            self._patch_block(index, blocks[index], placement.distribution.block_devices[index])
+
+    def _placement_now(self) -> load_plan.Placement:
+        """The placement for this load: the current one, or planned now from the free memory."""
+        current = _PLACEMENTS.get(self.model)
+        if current is None:
+            sizes, rest = self._sizes()
+            current = _PLACEMENTS[self.model] = load_plan.plan(sizes, self._capacities(None), rest)
+        return current
+
+    def partially_load(self, device_to, extra_memory=0, *args, **kwargs):
+        """ComfyUI's load of a model it holds: placed again first when the free memory changed (see
+        load_plan.needs_new_plan), through ComfyUI's own full unpatch, so LoRA and lowvram state stay right."""
+        current = _PLACEMENTS.get(self.model)
+        if self._mode() == "block_distribution" and current is not None and current.distribution is not None:
+            sizes, rest = self._sizes()
+            if load_plan.needs_new_plan(current, sizes, self._capacities(current), rest):
+                log.info("block_distribution: the devices' free memory changed since the blocks were placed; "
+                         "placing them again")
+                extra_memory += self.loaded_size()
+                self.unpatch_model(self.offload_device, unpatch_weights=True)
+        return super().partially_load(device_to, extra_memory, *args, **kwargs)
 
     def _patch_block(self, index: int, block: torch.nn.Module, device) -> None:
         """Apply this patcher's weight patches (LoRA) to one block, on the block's own device, once."""
