@@ -162,7 +162,7 @@ class SeedVRUpscaler:
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "upscale"
     CATEGORY = "parallel/seedvr"
-    DESCRIPTION = "Restore / upscale video frames with SeedVR on one GPU (block swap and tiled VAE from the loader)."
+    DESCRIPTION = "Restore / upscale video frames with SeedVR on one GPU (block swap and tiled VAE from the loader), or with the frame chunks spread over several (gpu_ids)."
 
     def upscale(self, images, seedvr_model, res_h, res_w, cfg_scale, sample_steps, seed, batch_size,
                 temporal_overlap, color_fix, positive=None, negative=None, gpu_ids=""):
