@@ -5,7 +5,10 @@
 frontend's extra "control_after_generate" widget), and writes workflows/<name>.json
 next to workflows/api/<name>.json; a name `real/<name>` reads workflows/real/api/<name>.json and
 writes workflows/real/<name>.json. A `<name>.note.md` beside the API file becomes a Note node
-(frontend-only, so the API twin has none). The layout is a simple left-to-right by depth.
+(frontend-only, so the API twin has none).
+
+Layout, left to right: one column per depth in the graph (loaders first, savers last), each
+node as tall as its slots and widgets so nothing overlaps, and the Note above the first column.
 """
 import json
 import sys
@@ -42,6 +45,12 @@ def widget_values(node: dict, info: dict) -> list:
     return values
 
 
+def text_boxes(node: dict, info: dict) -> int:
+    """Multiline STRING widgets of a node (drawn about four widget rows high)."""
+    return sum(1 for name, spec in input_specs(info) if spec[0] == "STRING" and len(spec) > 1
+               and spec[1].get("multiline") and not is_link(node["inputs"].get(name)))
+
+
 def depth_of(api: dict) -> dict[str, int]:
     depth: dict[str, int] = {}
 
@@ -56,16 +65,30 @@ def depth_of(api: dict) -> dict[str, int]:
     return depth
 
 
+MARGIN, COLUMN_WIDTH, NODE_WIDTH, GAP = 60, 400, 340, 40
+TITLE, SLOT, WIDGET = 36, 22, 26  # pixels: title bar, one input / output row, one widget
+
+
+def node_height(slots: int, widgets: int) -> int:
+    return TITLE + SLOT * slots + WIDGET * widgets + 12
+
+
+def note_size(text: str) -> list[int]:
+    lines = sum(1 + len(line) // 95 for line in text.splitlines())
+    return [COLUMN_WIDTH * 2 - GAP, 40 + 17 * lines]
+
+
 def note_node(node_id: int, text: str) -> dict:
-    """The frontend's own Note node (no backend class, not part of the API prompt)."""
-    return {"id": node_id, "type": "Note", "pos": [60, -420], "size": [700, 380], "flags": {}, "order": 0,
-            "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [text],
+    """The frontend's own Note node (no backend class, not part of the API prompt), above the first column."""
+    return {"id": node_id, "type": "Note", "pos": [MARGIN, MARGIN], "size": note_size(text), "flags": {},
+            "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [text],
             "color": "#432", "bgcolor": "#653"}
 
 
 def api_to_ui(api: dict, object_info: dict, note: str | None = None) -> dict:
     depth = depth_of(api)
-    rows: dict[int, int] = {}
+    top = MARGIN + (note_size(note)[1] + GAP if note is not None else 0)
+    column_y: dict[int, int] = {}
     nodes, links = [], []
     outputs: dict[tuple[str, int], list[int]] = {}
     for node_id, node in api.items():
@@ -78,8 +101,6 @@ def api_to_ui(api: dict, object_info: dict, note: str | None = None) -> dict:
     for node_id, node in api.items():
         info = object_info[node["class_type"]]
         column = depth[node_id]
-        row = rows.get(column, 0)
-        rows[column] = row + 1
         node_inputs = []
         for name, spec in input_specs(info):
             if is_link(node["inputs"].get(name)):
@@ -91,11 +112,14 @@ def api_to_ui(api: dict, object_info: dict, note: str | None = None) -> dict:
                     link[4] = slot
         node_outputs = [{"name": name, "type": kind, "links": outputs.get((node_id, slot), []), "slot_index": slot}
                         for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"]))]
-        nodes.append({"id": int(node_id), "type": node["class_type"], "pos": [60 + 360 * column, 60 + 260 * row],
-                      "size": [320, 200], "flags": {}, "order": depth[node_id], "mode": 0,
+        widgets = widget_values(node, info)
+        height = node_height(max(len(node_inputs), len(node_outputs)), len(widgets) + 3 * text_boxes(node, info))
+        y = column_y.get(column, top)
+        column_y[column] = y + height + GAP
+        nodes.append({"id": int(node_id), "type": node["class_type"], "pos": [MARGIN + COLUMN_WIDTH * column, y],
+                      "size": [NODE_WIDTH, height], "flags": {}, "order": depth[node_id], "mode": 0,
                       "inputs": node_inputs, "outputs": node_outputs,
-                      "properties": {"Node name for S&R": node["class_type"]},
-                      "widgets_values": widget_values(node, info)})
+                      "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets})
     last = max(int(k) for k in api)
     if note is not None:
         last += 1
