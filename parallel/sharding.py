@@ -12,7 +12,7 @@ dim-0 shard of a contiguous weight is a contiguous slice of it, so N ranks on on
 one copy of the blocks between them, not N.
 
 `resident_bytes` measures what a rank holds from its tensors; `fsdp_device_bytes` and
-`choose_sharding` are the planning side (weights only, sizes from meta modules too).
+`plan_sharding` are the planning side (weights only, sizes from meta modules too).
 """
 import math
 from dataclasses import dataclass
@@ -51,51 +51,50 @@ def shard_blocks(root: nn.Module, blocks: nn.ModuleList, mesh: DeviceMesh, devic
     """fully_shard each block (moved to `device` one at a time, never the whole model at once), then
     `root` with every other parameter ignored (replicated); block i prefetches block i + 1.
 
-    keep_views: the blocks' CPU weights are one shared copy (shared memory): each local shard
-    becomes a view of it where it can (`adopt_shards`). Returns the bytes kept as views.
+    keep_views: the blocks' CPU weights are one shared copy (shared memory): each block is sharded
+    on the meta device and given this rank's slices of that copy (`load_shards`), views where FSDP
+    can keep them, so no private copy of the blocks is ever made. Returns the bytes kept as views.
     """
     placement = placement_for(mesh.size())
     in_blocks = {id(p) for p in blocks.parameters()}
-    adopted = 0
+    viewed = 0
     for block in blocks:
         sources = dict(block.named_parameters())
-        block.to(device)
+        block.to("meta" if keep_views else device)
         fully_shard(block, mesh=mesh, reshard_after_forward=True, shard_placement_fn=placement)
-        adopted += adopt_shards(block, sources) if keep_views else 0
+        viewed += load_shards(block, sources) if keep_views else 0
     others = {p for p in root.parameters() if id(p) not in in_blocks}
     fully_shard(root, mesh=mesh, reshard_after_forward=True, ignored_params=others)
     if prefetch:
         for block, following in zip(blocks, list(blocks)[1:]):
             block.set_modules_to_forward_prefetch([following])
-    return adopted
+    return viewed
 
 
-def _local_chunk(full: torch.Tensor, param: DTensor) -> torch.Tensor | None:
-    """This rank's shard of `full` as a view, when it is exactly FSDP's local tensor (dim 0, unpadded)."""
+def _rank_slice(full: torch.Tensor, param: DTensor) -> torch.Tensor:
+    """This rank's slice of the whole weight `full` on the param's shard dim (empty past the last chunk)."""
     (placement,) = param.placements
-    local = param.to_local()
-    world, rank = param.device_mesh.size(), param.device_mesh.get_local_rank()
-    if placement.dim != 0 or full.shape[0] % world or full.device != local.device or full.dtype != local.dtype:
-        return None
-    chunk = full.chunk(world, dim=0)[rank]
-    return chunk if chunk.shape == local.shape and chunk.is_contiguous() else None
+    chunks = full.chunk(param.device_mesh.size(), dim=placement.dim)
+    rank = param.device_mesh.get_local_rank()
+    return chunks[rank] if rank < len(chunks) else full.narrow(placement.dim, 0, 0)
 
 
-def adopt_shards(block: nn.Module, sources: Mapping[str, torch.Tensor]) -> int:
-    """Make each sharded parameter's local tensor a view of its whole weight in `sources` (by name, as
-    before fully_shard) instead of FSDP's private copy, where the shard is a contiguous dim-0 slice.
-    FSDP2 re-reads the local tensors after load_state_dict(assign=True). Returns the bytes adopted."""
-    replaced, adopted = {}, 0
+def load_shards(block: nn.Module, sources: Mapping[str, torch.Tensor]) -> int:
+    """Give a block sharded on the meta device its local shards: this rank's slices of the whole weights
+    in `sources` (by name, as before fully_shard). FSDP2 re-reads the local tensors after
+    load_state_dict(assign=True): a contiguous slice of its padded size stays a view of `sources`,
+    anything else (a padded last chunk, a non-dim-0 split) FSDP copies. Returns the bytes kept as views."""
+    shards, views = {}, {}
     for name, param in block.named_parameters():
-        full = sources.get(name)
-        chunk = _local_chunk(full, param) if isinstance(param, DTensor) and full is not None else None
-        if chunk is not None:
-            replaced[name] = DTensor.from_local(chunk, param.device_mesh, param.placements, run_check=False,
-                                                shape=param.shape, stride=param.stride())
-            adopted += chunk.numel() * chunk.element_size()
-    if replaced:
-        block.load_state_dict(replaced, strict=False, assign=True)
-    return adopted
+        part = _rank_slice(sources[name], param)
+        if part.is_contiguous():
+            views[name] = part
+        shards[name] = DTensor.from_local(part if part.is_contiguous() else part.contiguous(), param.device_mesh,
+                                          param.placements, run_check=False, shape=param.shape, stride=param.stride())
+    block.load_state_dict(shards, strict=True, assign=True)
+    local = {name: param.to_local() for name, param in block.named_parameters()}
+    return sum(_tensor_bytes(local[name]) for name, view in views.items()
+               if view.numel() and local[name].data_ptr() == view.data_ptr())
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> int:

@@ -13,6 +13,8 @@ worker loads it with `load_weights` (memory-mapped).
 Opened tensors are writable views of the shared pages: a worker that patches weights in place
 changes them for everyone. Copy first (`t.clone()`) where a worker needs its own weights.
 """
+import ctypes
+import ctypes.util
 import importlib
 import shutil
 import sys
@@ -218,3 +220,33 @@ def rebuild_module(class_path: str, config: dict, weights, device: str | torch.d
         module = cls(**config)
         module.load_state_dict(state, strict=strict, assign=True)
     return module.to(device).eval()
+
+
+def move_into(module: nn.Module, weights: SharedWeights) -> int:
+    """Point `module`'s CPU tensors at their copies in `weights`, in place (the same Parameter and buffer
+    objects, their data replaced), so the caller's model and the workers map the same pages and the
+    caller's private copy is freed. Tensors elsewhere (a GPU) or of another shape / dtype keep theirs.
+    Returns the bytes now held in shared memory."""
+    views = weights.open()
+    moved = 0
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        view = views.get(name)
+        if (view is None or tensor.device.type != "cpu" or view.dtype != tensor.dtype
+                or view.shape != tensor.shape or view.data_ptr() == tensor.data_ptr()):
+            continue
+        tensor.data = view
+        moved += view.numel() * view.element_size()
+    if moved:
+        return_freed_memory()
+    return moved
+
+
+def return_freed_memory() -> None:
+    """Give the pages of freed tensors back to the system now. glibc keeps freed heap memory for reuse
+    (all but its top), so a private copy replaced by shared memory would still count as held; its
+    malloc_trim releases every free page. Elsewhere (another C library) nothing happens."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

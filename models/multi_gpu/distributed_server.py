@@ -19,6 +19,7 @@ import torch
 from ...parallel.devices import storage_device
 from ...parallel.launch import WorkerGroup, WorkerGroupConfig
 from ...parallel.pool import POOL
+from ...parallel.shared_weights import move_into
 from ...parallel.worker_runtime import to_cpu
 from ...utils.errors import Cancelled
 from ..comfy import management as host
@@ -117,6 +118,7 @@ class DistributedRunner:
         if POOL.holds(self.lease.key, token):
             return token
         weights = POOL.shared(self.lease.key, id(self.lease), identity, module.state_dict)
+        move_into(module, weights)  # ComfyUI's CPU weights become the shared copy: one copy on this machine
         self._call(group, "load_model", self.spec, weights, token, self.sharding)
         POOL.mark_loaded(self.lease.key, token)
         return token

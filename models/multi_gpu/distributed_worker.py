@@ -81,7 +81,7 @@ def forward(ctx, token: str, inputs: dict) -> dict:
         inputs = batch_share(inputs, batch, share, layout.groups)
     inputs = move_to(inputs, ctx.device)
     options = {"rope_options": inputs["rope_options"]} if inputs.get("rope_options") else {}
-    with forward_mode(ctx.state["sharding"]):
+    with forward_mode(ctx.state["sharding"], ctx.device):
         out = ctx.state["model"](inputs["x"], inputs["timestep"], inputs["context"], clip_fea=inputs["clip_fea"],
                                  time_dim_concat=inputs["time_dim_concat"], transformer_options=options,
                                  **inputs["kwargs"])

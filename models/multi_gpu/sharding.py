@@ -7,10 +7,13 @@
   shard stays a view of the server's shared copy, so the workers add no copy of the blocks.
 - `held_bytes` (a worker function) reports what a rank holds, measured from its tensors.
 """
+import contextlib
+
 import torch
 
 from ...parallel.devices import free_bytes
 from ...parallel.plan import gib, module_bytes
+from ...parallel.shared_weights import return_freed_memory
 from ...parallel.sharding import ShardingPlan, group_mesh, plan_sharding, resident_bytes, shard_blocks
 from ...utils.errors import InputError
 from ..wan.family import wan_blocks
@@ -49,10 +52,22 @@ def shard_worker_model(model: torch.nn.Module, device: torch.device, world_size:
     return shard_blocks(model, blocks, group_mesh(device, world_size), device, keep_views=shared_on_cpu)
 
 
-def forward_mode(sharding: str):
-    """The grad mode of a worker's forward: FSDP2 keeps its gathered buffers between calls, which
-    tensors made in inference mode cannot be (their version counter is gone); no_grad computes the same."""
-    return torch.no_grad() if sharding == SHARDED else torch.inference_mode()
+@contextlib.contextmanager
+def forward_mode(sharding: str, device: torch.device):
+    """The grad mode of a worker's forward. fsdp: no_grad (FSDP2 keeps its gathered buffers between calls,
+    which tensors made in inference mode cannot be: their version counter is gone; the result is the
+    same), and on the CPU the pages of the blocks gathered for the call go back to the system after it
+    (the C library would keep them: two whole blocks' worth held between calls in host RAM)."""
+    if sharding != SHARDED:
+        with torch.inference_mode():
+            yield
+        return
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if device.type == "cpu":
+            return_freed_memory()
 
 
 def held_bytes(ctx) -> dict:

@@ -82,6 +82,20 @@ def test_replicate_holds_whole_blocks_and_auto_replicates_what_fits(reference):
         runner.close()
 
 
+def test_server_weights_and_workers_share_one_copy(reference):
+    model = fsdp(wan256(), "cpu,cpu")
+    runner = runner_of(model)
+    try:
+        sample(model)
+        shared = runner.lease.weights.open()
+        server = dict(model.model.diffusion_model.named_parameters())
+        same = [name for name, tensor in server.items() if tensor.data_ptr() == shared[name].data_ptr()]
+        assert sorted(same) == sorted(server), "ComfyUI's CPU weights are the shared copy, not a second one"
+        torch.testing.assert_close(sample(model), reference, **TOLERANCE)
+    finally:
+        runner.close()
+
+
 def test_a_real_lora_reaches_the_shards(models_cache):
     folder_paths.add_model_folder_path("loras", str(models_cache / "loras"))
     folder_paths.filename_list_cache.clear()

@@ -136,3 +136,33 @@ def test_a_reader_process_exiting_does_not_unlink_the_block():
         shared_memory.SharedMemory(name=handle.shm_name).close()  # still there
     finally:
         handle.release()
+
+
+def test_move_into_makes_the_module_compute_from_the_shared_block():
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).eval()
+    x = torch.randn(4, 8)
+    expected = module(x)
+    weights = share_state_dict(module.state_dict())
+    params = dict(module.named_parameters())
+    try:
+        moved = shared_weights.move_into(module, weights)
+        views = weights.open()
+        assert moved == sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        for name, tensor in module.state_dict().items():
+            assert tensor.data_ptr() == views[name].data_ptr(), name
+        assert all(module.get_parameter(name) is param for name, param in params.items()), "same Parameter objects"
+        torch.testing.assert_close(module(x), expected, rtol=0, atol=0)
+        assert shared_weights.move_into(module, weights) == 0, "already there: nothing moves"
+    finally:
+        weights.release()
+    torch.testing.assert_close(module(x), expected, rtol=0, atol=0)  # the mapping lives while tensors view it
+
+
+def test_move_into_leaves_tensors_whose_copy_does_not_match():
+    module = torch.nn.Linear(4, 4)
+    weights = share_state_dict({"weight": module.weight.detach().double(), "bias": module.bias.detach()})
+    try:
+        assert shared_weights.move_into(module, weights) == module.bias.numel() * 4
+        assert module.weight.dtype == torch.float32 and module.weight.data_ptr() != weights.open()["weight"].data_ptr()
+    finally:
+        weights.release()
