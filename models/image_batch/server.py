@@ -18,13 +18,14 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ...parallel.launch import WorkerGroup, WorkerGroupConfig
+from ...parallel.launch import WorkerGroup
 from ...parallel.pool import POOL
 from ...utils.dataset import Dataset, ImageRecord, encode_png, record_for
 from ...utils.errors import Cancelled
 from ...utils.prompts import ImageTask
 from ..comfy.loaders import load_weights_file
 from ..comfy.patcher import non_dynamic
+from ..comfy.workers import group_config
 from .generate import GenerateSettings, Pipeline, load_pipeline, timed_generate, with_data_parallel
 
 MODES = ("multi_process", "data_parallel", "single")
@@ -190,8 +191,7 @@ def worker_pool(job: BatchJob, remote: dict | None = None) -> WorkerGroup:
     for other in POOL.keys(FEATURE):
         if other != key:
             POOL.close(other)
-    config = WorkerGroupConfig(devices=[str(d) for d in job.devices], threads_per_worker=job.threads_per_worker,
-                               comfyui_dir=job.comfyui_dir, **(remote or {}))
+    config = group_config(job.devices, job.comfyui_dir, threads_per_worker=job.threads_per_worker, **(remote or {}))
     return POOL.group(key, config)
 
 

@@ -25,7 +25,7 @@ from ...utils.errors import Cancelled
 from ..comfy import management as host
 from ..comfy.extension import rest_of_chain
 from ..comfy.patcher import weights_identity
-from ..comfy.runtime import worker_flags_env
+from ..comfy.workers import group_config
 from ..wan.family import wan_spec
 from .call_options import worker_options
 from .layout import call_layout, combine, most_cfg_groups
@@ -33,13 +33,6 @@ from .layout import call_layout, combine, most_cfg_groups
 WORKER_FN = "models.multi_gpu.distributed_worker"
 STOP_GRACE_S = 30.0  # workers stop within a block or two of a Cancel; only a wedged group is ended
 log = logging.getLogger(__name__)
-
-
-def group_config(devices: list[str]) -> WorkerGroupConfig:
-    """The worker group for `devices`: this ComfyUI's folder and command-line flags (attention backend,
-    --fast, VRAM mode: models/comfy/flags.py), so a worker computes what this server would."""
-    return WorkerGroupConfig(devices=devices, comfyui_dir=str(host.comfyui_dir()), env=worker_flags_env(),
-                             stop_grace_s=STOP_GRACE_S)
 
 
 class _Lease:
@@ -71,7 +64,7 @@ class DistributedRunner:
 
     def __init__(self, devices, spec: dict, base_model, sharding: str = "replicate"):
         names = [str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices]
-        config = group_config(names)
+        config = group_config(names, str(host.comfyui_dir()), stop_grace_s=STOP_GRACE_S)
         self.spec, self.sharding = spec, sharding
         self.base_model = weakref.ref(base_model)  # the BaseModel every clone of the patcher shares
         self.cfg_degree = most_cfg_groups(len(names))  # CFG groups of a call whose batch splits

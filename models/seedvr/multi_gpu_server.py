@@ -16,10 +16,10 @@ from typing import Callable
 import torch
 
 from ...parallel.devices import storage_device
-from ...parallel.launch import WorkerGroupConfig
 from ...parallel.pool import POOL
 from ...utils.errors import Cancelled
 from ..comfy.patcher import weights_identity
+from ..comfy.workers import group_config
 from .pipeline import SeedVRModel, UpscaleSettings, merge, prepare
 from .sampling import sampling_timesteps
 
@@ -58,7 +58,7 @@ def upscale_multi(model: SeedVRModel, images: torch.Tensor, pos: torch.Tensor | 
     for other in POOL.keys(FEATURE):  # one shared SeedVR at a time
         if other != key:
             POOL.close(other)
-    group = POOL.group(key, WorkerGroupConfig(devices=list(key[1]), comfyui_dir=key[2]))
+    group = POOL.group(key, group_config(key[1], key[2]))
     shares = share_chunks(len(prepared.chunks), len(devices))
     per_rank = [{"indices": share, "clips": prepared.clips(share)} for share in shares]
     total = len(sampling_timesteps(settings.sample_steps)) * len(prepared.chunks)

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from ...parallel.devices import storage_device
-from ...parallel.launch import WorkerGroupConfig
 from ...parallel.pipeline import PipelineReport, StageStats
 from ...parallel.pool import POOL
 from ...utils.errors import Cancelled
 from ..comfy.patcher import weights_identity
 from ..comfy.rebuild import model_spec
+from ..comfy.workers import group_config
 from ..comfy.weights import patched_state_dict
 from .patches import describe_patches
 from .plan import (PipelineSettings, as_plain, check_range, models_of, segments, stage_pieces,
@@ -78,7 +78,7 @@ def run_pipeline(model, positive, negative, latent: torch.Tensor, settings: Pipe
         ranges = [(settings.start_step, settings.last_step)] * len(devices)
     per_stage = stage_pieces(segment_list, ranges)
     key = pool_key(devices, comfyui_dir)
-    group = POOL.group(key, WorkerGroupConfig(devices=list(key[1]), comfyui_dir=key[2]))
+    group = POOL.group(key, group_config(key[1], key[2]))
     shared = share_models(key, models)
     job = {"models": [{"spec": model_spec(m), "guidance": g, "key": w.spec()["shm_name"], "name": name}
                       for m, g, w, name in zip(models, guidance, shared, MODEL_INPUTS)],

@@ -19,8 +19,9 @@ from comfy.ldm.modules.attention import optimized_attention  # noqa: E402
 from comfy_extras.nodes_easycache import EasyCacheNode  # noqa: E402
 from comfy_extras.nodes_slg import SkipLayerGuidanceDiT  # noqa: E402
 from comfy_extras.nodes_tomesd import TomePatchModel  # noqa: E402
+from comfyui_parallel.models.comfy.management import comfyui_dir  # noqa: E402
 from comfyui_parallel.models.comfy.runtime import comfy_flags  # noqa: E402
-from comfyui_parallel.models.multi_gpu.distributed_server import group_config  # noqa: E402
+from comfyui_parallel.models.comfy.workers import group_config  # noqa: E402
 from comfyui_parallel.parallel.launch import WorkerGroup  # noqa: E402
 from comfyui_parallel.parallel.pool import POOL  # noqa: E402
 from comfyui_parallel.utils.errors import InputError  # noqa: E402
@@ -201,7 +202,7 @@ def test_workers_start_with_the_servers_comfy_flags():
     try:
         for name, value in changed.items():
             setattr(args, name, value)
-        expected, config = comfy_flags(), group_config(["cpu", "cpu"])
+        expected, config = comfy_flags(), group_config(["cpu", "cpu"], str(comfyui_dir()))
     finally:
         for name, value in saved.items():
             setattr(args, name, value)
