@@ -23,7 +23,8 @@ listens on 127.0.0.1: nothing is reachable from the network.
 Several machines: set master_addr to this machine's address, master_port (the rendezvous;
 the command channel uses master_port + 1 unless control_port is set) and remote_ranks. Local
 workers take ranks 0..len(devices)-1; start each remote rank with `group.join_command(rank)`,
-which prints a torchrun-style command to run on the other machine, for example
+which prints a torchrun-style command to run on the other machine (with the group's `env`, the
+settings local workers get too, such as the server's ComfyUI flags), for example
 
     MASTER_ADDR=10.0.0.5 MASTER_PORT=29500 RANK=2 WORLD_SIZE=3 LOCAL_RANK=0 \\
     COMFYUI_PARALLEL_CONTROL=10.0.0.5:29501 COMFYUI_PARALLEL_AUTHKEY_FILE=~/.comfyui_parallel/authkey-29501 \\
@@ -193,6 +194,7 @@ class WorkerGroup:
             "MASTER_ADDR": self.config.master_addr, "MASTER_PORT": str(self.config.master_port),
             **self._common_env(rank, rank - first_remote, device), "COMFYUI_PARALLEL_CONTROL": f"{host}:{port}",
             "COMFYUI_PARALLEL_AUTHKEY_FILE": str(self.key_file()), "COMFYUI_DIR": comfyui_dir,
+            **self.config.env,  # what local workers get too (e.g. the server's ComfyUI flags)
         }
         assignments = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
         return f"{assignments} {shlex.quote(python)} {shlex.quote(worker_main or str(WORKER_MAIN))}"

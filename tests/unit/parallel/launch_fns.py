@@ -103,3 +103,8 @@ def message_backend(ctx):
     from comfyui_parallel.parallel.backend import current_message_device
 
     return {"config": dist.get_backend_config(), "device": str(current_message_device())}
+
+
+def environment(ctx, name: str):
+    """One variable of this worker's environment (None when unset)."""
+    return os.environ.get(name)

@@ -193,7 +193,9 @@ def free_port() -> int:
 
 
 def test_remote_rank_joins_with_documented_command_and_close_ends_every_child():
-    config = make_config(1, remote_ranks=1, master_port=free_port(), control_port=free_port(), start_timeout_s=60)
+    setting = {"COMFYUI_PARALLEL_TEST_SETTING": '{"lowvram": true}'}  # e.g. the server's ComfyUI flags
+    config = make_config(1, remote_ranks=1, master_port=free_port(), control_port=free_port(), start_timeout_s=60,
+                         env=setting)
     group = WorkerGroup(config)
     command = group.join_command(1, device="cpu", comfyui_dir=str(PACK / ".comfyui"), python=sys.executable)
     assert "MASTER_ADDR=127.0.0.1" in command and "RANK=1" in command and "WORLD_SIZE=2" in command
@@ -206,6 +208,8 @@ def test_remote_rank_joins_with_documented_command_and_close_ends_every_child():
             results = group.call(f"{FNS}:all_reduce_rows", full)
             assert all(torch.equal(r, full.sum(0)) for r in results)
             assert [r["rank"] for r in group.call(f"{FNS}:identity")] == [0, 1]
+            name = next(iter(setting))
+            assert group.call(f"{FNS}:environment", name) == [setting[name]] * 2, "the group's env on every rank"
             listening = {c.laddr for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
             assert {(ip, port) for ip, port in listening if port == config.master_port} == \
                 {("127.0.0.1", config.master_port)}, "the rendezvous listens on master_addr only"
