@@ -135,7 +135,7 @@ def test_cancel_during_a_worker_call_is_comfys_interrupt_and_the_workers_go_on(k
 
 def test_cancel_during_a_long_forward_stops_within_a_block_and_keeps_the_workers(keep_groups):
     """8 blocks of 1 s each: a forward longer than the group's old 5 s stop grace. Cancel after 1.5 s
-    stops it at the next block; the same workers then sample the plain result."""
+    stops every rank at the same block, a block or so later; the same workers then sample the plain result."""
     model, plain = distributed(load_wan_layers(8), "cpu,cpu"), load_wan_layers(8)
     sample(model, steps=1)
     runner = runner_of(model)
@@ -154,7 +154,7 @@ def test_cancel_during_a_long_forward_stops_within_a_block_and_keeps_the_workers
         comfy.model_management.interrupt_current_processing(False)
     entered = group.call(f"{FNS}:fast_blocks")
     assert runner.pids == pids, "the cancel ended the workers"
-    assert all(2 <= count <= 4 for count in entered), f"blocks entered before stopping: {entered} of 8"
+    assert len(set(entered)) == 1 and 1 <= entered[0] <= 5, f"blocks entered before stopping: {entered} of 8"
     torch.testing.assert_close(sample(model, steps=1), sample(plain, steps=1), **TOLERANCE)
     assert runner.pids == pids
 
