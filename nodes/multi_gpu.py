@@ -34,7 +34,14 @@ def optional_inputs() -> dict:
     return {"weight_sharding": (list(SHARDINGS), {"default": "auto", "tooltip":
             "distributed only. replicate: every worker holds the whole model. fsdp: every Wan block's weights are "
             "split over the workers (FSDP2), each block gathered just before it runs, for models bigger than one "
-            "GPU. auto: fsdp when a replica plus memory_reserve_gb does not fit a device."})}
+            "GPU. auto: fsdp when a replica plus memory_reserve_gb does not fit a device."}),
+            "remote_workers": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip":
+            "distributed only: workers on other machines, joining with the command printed on the console (same "
+            "pack and model file path there; needs master_addr / master_port reachable). 0: this machine only."}),
+            "master_addr": ("STRING", {"default": "127.0.0.1", "tooltip":
+            "This machine's address for remote workers (127.0.0.1 keeps everything local)."}),
+            "master_port": ("INT", {"default": 29500, "min": 1024, "max": 65534, "tooltip":
+            "Rendezvous port for remote workers (the next port carries commands)."})}
 
 
 def load_device_input() -> dict:
@@ -64,9 +71,11 @@ class MultiGPULoader:
     DESCRIPTION = "Load a Wan model and run it over several GPUs; the MODEL works with ComfyUI's own samplers."
 
     def load(self, unet_name, base_precision, load_device, parallelism_type, gpu_ids,
-             enable_block_distribution, memory_reserve_gb, weight_sharding="auto"):
+             enable_block_distribution, memory_reserve_gb, weight_sharding="auto", remote_workers=0,
+             master_addr="127.0.0.1", master_port=29500):
         request = MultiGPURequest(parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
-                                  load_device, weight_sharding)
+                                  load_device, weight_sharding, remote_workers, master_addr, master_port,
+                                  folder_paths.get_full_path("diffusion_models", unet_name))
         mode = requested_mode(request)
         dtype = weight_dtype(base_precision)
         model = load_diffusion_file(unet_name, dtype, non_dynamic_for=None if mode == "none" else mode)
@@ -90,9 +99,9 @@ class MultiGPUApply:
     DESCRIPTION = "Run an existing MODEL over several GPUs (a clone; the input MODEL is unchanged)."
 
     def apply(self, model, load_device, parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
-              weight_sharding="auto"):
+              weight_sharding="auto", remote_workers=0, master_addr="127.0.0.1", master_port=29500):
         request = MultiGPURequest(parallelism_type, gpu_ids, enable_block_distribution, memory_reserve_gb,
-                                  load_device, weight_sharding)
+                                  load_device, weight_sharding, remote_workers, master_addr, master_port)
         return (apply_multi_gpu(model, resolve(model, request)),)
 
 

@@ -88,3 +88,12 @@ def apply_lora(model, clip, lora_path: str, strength: float):
     import comfy.sd
 
     return comfy.sd.load_lora_for_models(model, clip, load_weights_file(lora_path), strength, strength)
+
+
+def diffusion_state_dict(path: str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The diffusion model's weights of a model file as ComfyUI loads them (its key conversion, `dtype`):
+    what a worker on another machine computes with, where the server's shared memory is out of reach."""
+    ensure_comfy()
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model(path, model_options={"dtype": dtype}).model.diffusion_model.state_dict()

@@ -24,11 +24,12 @@ from ...parallel.worker_runtime import to_cpu
 from ...utils.errors import Cancelled
 from ..comfy import management as host
 from ..comfy.extension import rest_of_chain
-from ..comfy.patcher import weights_identity
 from ..comfy.workers import group_config
+from ..comfy.patcher import weights_identity
 from ..wan.family import wan_spec
 from .call_options import worker_options
 from .layout import call_layout, combine, most_cfg_groups
+from .remote import print_join_commands
 
 WORKER_FN = "models.multi_gpu.distributed_worker"
 STOP_GRACE_S = 30.0  # workers stop within a block or two of a Cancel; only a wedged group is ended
@@ -62,14 +63,16 @@ class _Lease:
 class DistributedRunner:
     """DIFFUSION_MODEL wrapper: every call runs in the workers (Ulysses + CFG split)."""
 
-    def __init__(self, devices, spec: dict, base_model, sharding: str = "replicate"):
+    def __init__(self, devices, spec: dict, base_model, sharding: str = "replicate", remote=None):
         names = [str(storage_device(d)) if d.type == "cpu" else str(d) for d in devices]
-        config = group_config(names, str(host.comfyui_dir()), stop_grace_s=STOP_GRACE_S)
-        self.spec, self.sharding = spec, sharding
+        options = remote.group_options() if remote is not None else {}  # ranks on other machines
+        config = group_config(names, str(host.comfyui_dir()), stop_grace_s=STOP_GRACE_S, **options)
+        self.spec = {**spec, "local_ranks": len(names), "model_file": remote.model_file if remote else None}
+        self.sharding, self.remote = sharding, remote
         self.base_model = weakref.ref(base_model)  # the BaseModel every clone of the patcher shares
-        self.cfg_degree = most_cfg_groups(len(names))  # CFG groups of a call whose batch splits
+        self.cfg_degree = most_cfg_groups(config.world_size)  # CFG groups of a call whose batch splits
         self.last_tokens: list[int] = []  # real tokens each rank computed in the last call
-        self.lease = _Lease(("wan_distributed", tuple(names), config.comfyui_dir), config)
+        self.lease = _Lease(("wan_distributed", tuple(names), config.comfyui_dir, *sorted(options.items())), config)
         self._finalizer = weakref.finalize(self, self.lease.release)
 
     def __call__(self, executor, *args, **kwargs):
@@ -107,6 +110,8 @@ class DistributedRunner:
         """
         identity = weights_identity(self.base_model())
         token = f"{id(module):x}-{hash(identity) & 0xFFFFFFFF:x}-{self.sharding}"
+        if self.remote is not None and not group.alive():
+            print_join_commands(group, self.remote, group.config.comfyui_dir)
         group.start()
         if POOL.holds(self.lease.key, token):
             return token
@@ -133,8 +138,8 @@ class DistributedRunner:
 def distributed_runner(patcher) -> DistributedRunner:
     """The runner for a Multi-GPU patcher whose mode is distributed."""
     runner = DistributedRunner(patcher.multi_gpu.devices, wan_spec(patcher).to_message(), patcher.model,
-                               sharding=patcher.multi_gpu.weight_sharding)
+                               sharding=patcher.multi_gpu.weight_sharding, remote=patcher.multi_gpu.remote)
+    world = runner.lease.config.world_size
     log.info("distributed: %d workers; a call with cond and uncond runs as %d CFG group(s) of %d sequence ranks, "
-             "any other call on all of them", len(runner.lease.config.devices), runner.cfg_degree,
-             len(runner.lease.config.devices) // runner.cfg_degree)
+             "any other call on all of them", world, runner.cfg_degree, world // runner.cfg_degree)
     return runner

@@ -16,6 +16,7 @@ from ..comfy.wan import build_wan_model
 from ..wan.family import wan_blocks
 from ..wan.sequence import install_sequence_parallel
 from .layout import batch_share, call_layout, most_cfg_groups
+from .remote import file_weights
 from .sharding import SHARDED, forward_mode, shard_worker_model
 
 
@@ -53,7 +54,10 @@ def load_model(ctx, spec: dict, weights, token: str, sharding: str = "replicate"
         return "cached"
     for name in ("model", "shard", "weights", "token"):
         ctx.state.pop(name, None)
-    model = build_wan_model(spec, weights.open(), ctx.device if sharding != SHARDED else torch.device("cpu"))
+    local = ctx.rank < spec.get("local_ranks", ctx.world_size)  # else on another machine: the model file
+    state = weights.open() if local else file_weights(spec)
+    model = build_wan_model(spec, state, ctx.device if sharding != SHARDED else torch.device("cpu"))
+    del state
     for cfg_groups in sorted({1, most_cfg_groups(ctx.world_size)}):
         sequence_groups(ctx, cfg_groups)
     shard = install_sequence_parallel(model, ctx.rank, ctx.world_size, dist.group.WORLD)
@@ -61,7 +65,7 @@ def load_model(ctx, spec: dict, weights, token: str, sharding: str = "replicate"
     for block in wan_blocks(model)[1:]:
         block.register_forward_pre_hook(vote)
     if sharding == SHARDED:
-        shard_worker_model(model, ctx.device, ctx.world_size, shared_on_cpu=ctx.device.type == "cpu")
+        shard_worker_model(model, ctx.device, ctx.world_size, shared_on_cpu=local and ctx.device.type == "cpu")
     ctx.state.update(model=model, shard=shard, weights=weights, token=token, sharding=sharding)
     return "loaded"
 

@@ -32,6 +32,7 @@ from . import load_plan
 from ..comfy import patcher as host
 from ..comfy.management import warn_whole_model_flag
 from ..wan.family import block_index_of, wan_blocks, works_between_blocks
+from .remote import refuse_patched
 
 MANAGED_MODES = ("block_distribution", "distributed")
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class MultiGPUSettings:
     offload_after_run: bool = False
     reason: str = ""
     weight_sharding: str = "replicate"  # distributed: replicate or fsdp (models/multi_gpu/sharding.py)
+    remote: object = None  # distributed: models/multi_gpu/remote.py RemoteWorkers (ranks on other machines)
 
     @property
     def main_device(self) -> torch.device:
@@ -120,6 +122,8 @@ class MultiGPUPatcherMixin(host.PatcherMixin):
         if not self._manages_blocks():
             return super().load(*args, **kwargs)
         call = host.LoadCall.of(args, kwargs)
+        if self._mode() == "distributed":
+            refuse_patched(self.multi_gpu.remote, patched=bool(self.patches))
         with self.use_ejected():
             self._place_blocks(call.device_to)
             budget = call.lowvram_model_memory

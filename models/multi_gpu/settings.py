@@ -19,6 +19,7 @@ from ...utils.errors import InputError
 from ..comfy.patcher import is_dynamic, non_dynamic
 from ..wan.family import diffusion_model_of, is_wan, require_wan
 from .patcher import MultiGPUSettings, as_multi_gpu
+from .remote import check_remote
 from .sharding import resolve_sharding
 from .wrappers import attach_runners
 
@@ -38,6 +39,10 @@ class MultiGPURequest:
     memory_reserve_gb: float = 0.0
     load_device: str = "main_device"
     weight_sharding: str = "auto"
+    remote_workers: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    model_file: str | None = None  # the file MultiGPULoader loaded (what remote workers load)
 
 
 def check_choice(input_name: str, value, allowed) -> None:
@@ -85,7 +90,9 @@ def resolve(model_patcher, request: MultiGPURequest) -> MultiGPUSettings:
     reason = ""
     if mode == "auto":
         mode, devices, reason = choose_auto(model_patcher, devices, reserve)
-    if mode in MULTI_DEVICE_MODES and len(devices) < 2:
+    remote = check_remote(request.remote_workers, request.master_addr, request.master_port, mode, request.model_file)
+    ranks = len(devices) + (remote.ranks if remote else 0)
+    if mode in MULTI_DEVICE_MODES and ranks < 2:
         raise InputError("gpu_ids", f"parallelism_type '{mode}' needs at least two devices; "
                          f"'{request.gpu_ids}' names {len(devices)}",
                          "two or more ids such as '0,1' ('cpu,cpu' simulates on the CPU), or parallelism_type none")
@@ -97,9 +104,10 @@ def resolve(model_patcher, request: MultiGPURequest) -> MultiGPUSettings:
         require_wan(model_patcher, mode, plain=True)
     check_choice("weight_sharding", request.weight_sharding, SHARDINGS)
     sharding, sharding_reason = resolve_sharding(diffusion_model_of(model_patcher), mode, devices, reserve,
-                                                 request.weight_sharding)
+                                                 request.weight_sharding, ranks)
     reason = "; ".join(part for part in (reason, sharding_reason) if part)
-    return MultiGPUSettings(mode, tuple(devices), reserve, request.load_device == "offload_device", reason, sharding)
+    return MultiGPUSettings(mode, tuple(devices), reserve, request.load_device == "offload_device", reason, sharding,
+                            remote)
 
 
 def apply_multi_gpu(model_patcher, settings: MultiGPUSettings):

@@ -28,15 +28,17 @@ def wan_sharding_plan(diffusion_model: torch.nn.Module, world_size: int, free: i
     return plan_sharding(sizes, module_bytes(diffusion_model) - sum(sizes), world_size, free, reserve, sharding)
 
 
-def resolve_sharding(diffusion_model, mode: str, devices: list, reserve: int, sharding: str) -> tuple[str, str]:
-    """(replicate | fsdp, reason) for the distributed mode; other modes take no weight_sharding."""
+def resolve_sharding(diffusion_model, mode: str, devices: list, reserve: int, sharding: str,
+                     ranks: int) -> tuple[str, str]:
+    """(replicate | fsdp, reason) for the distributed mode over `ranks` workers (remote ones assumed like
+    the smallest local device); other modes take no weight_sharding."""
     if mode != "distributed":
         if sharding == SHARDED:
             raise InputError("weight_sharding", f"fsdp shards the weights over the distributed workers, "
                              f"but parallelism_type is '{mode}'", "auto or replicate, or parallelism_type distributed")
         return "replicate", ""
     free = min(free_bytes(device) for device in devices)
-    plan = wan_sharding_plan(diffusion_model, len(devices), free, reserve, sharding)
+    plan = wan_sharding_plan(diffusion_model, ranks, free, reserve, sharding)
     reason = f"{plan.sharding}: {gib(plan.device_bytes)} of weights per device, {gib(plan.capacity)} free after the reserve"
     return plan.sharding, reason
 
