@@ -12,10 +12,11 @@ from multi_gpu_helpers import runner_closed, sample  # configures ComfyUI for th
 
 import comfy.sd  # noqa: E402
 import folder_paths  # noqa: E402
+from comfyui_parallel.models.comfy import guidance  # noqa: E402
 from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
 from comfyui_parallel.models.offload.patcher import OffloadSettings, apply_offload  # noqa: E402
 from comfyui_parallel.nodes.multi_gpu import MultiGPULoader  # noqa: E402
-from devtools.demo_models import TINY_WAN, TINY_WAN_FP8_SCALED  # noqa: E402
+from devtools.demo_models import TINY_WAN, TINY_WAN_FP8_SCALED, TINY_WAN_LORA  # noqa: E402
 
 # exact where the math is the same; data_parallel runs cond and uncond as batch-1 calls and distributed
 # attends over token shards, which round differently in the last bits
@@ -87,3 +88,22 @@ def test_fp8_weights_of_a_full_file_on_the_cpu_equal_the_unet_loader(diffusion_f
     model = load_with("fp8_e4m3fn", TINY_WAN)
     assert model.model.diffusion_model.get_submodule(Q_WEIGHT).weight.dtype == torch.float8_e4m3fn
     torch.testing.assert_close(sample(model), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["block_distribution", "distributed"])
+def test_a_lora_on_the_fp8_scaled_file_equals_the_unet_loader_graph(models_cache, mode):
+    """ComfyUI patches scaled fp8 weights through the layer's own set_weight (re-scaled, stochastic rounding);
+    it does so under the inference mode it executes prompts in (outside it, its fp8 rounding refuses autograd)."""
+    folder_paths.add_model_folder_path("loras", str(models_cache / "loras"))
+    folder_paths.filename_list_cache.clear()
+    node = guidance.comfy_node_module("nodes").LoraLoaderModelOnly()
+
+    def lora(model):
+        return node.load_lora_model_only(model, TINY_WAN_LORA, 1.0)[0]
+
+    with torch.inference_mode():
+        expected = sample(lora(unet_loader(models_cache)))
+        assert (expected - sample(unet_loader(models_cache))).abs().max() > 1e-2, "the LoRA changes the result"
+        model = unet_loader(models_cache)
+        with runner_closed(lora(apply_multi_gpu(model, resolve(model, MultiGPURequest(mode, "cpu,cpu"))))) as patched:
+            torch.testing.assert_close(sample(patched), expected, rtol=MODES[mode], atol=MODES[mode])
