@@ -42,8 +42,8 @@ def setup_optimal_parallelism(model_path: str | Path, gpu_ids: str | None = None
     model = read_model_file(model_path)
     rec = recommend_for_model(model, devices, int(memory_reserve_gb * GIB))
     precision = model.precision or "bf16"
-    if devices[0].type == "cpu" and precision.startswith("fp8"):
-        precision = "bf16"  # the CPU has no fp8 matmul
+    if precision.startswith("fp8"):
+        precision = "default"  # ComfyUI's choice, as UNETLoader: an fp8 file is not upcast to twice its memory
     return {
         "unet_name": Path(model_path).name,
         "base_precision": precision,

@@ -70,7 +70,7 @@ def test_model_fitting_nowhere_gets_blocks_to_swap(tmp_path):
     path = header_only_file(tmp_path / "huge.safetensors", huge, 40, 1024, dtype="F8_E4M3")
     config = api.setup_optimal_parallelism(path, "cpu")
     assert config["load_device"] == "offload_device" and config["parallelism_type"] == "none"
-    assert config["base_precision"] == "bf16"
+    assert config["base_precision"] == "default", "an fp8 file keeps its fp8 weights"
     status = gpu_status("cpu", path)
     assert 20 <= status["recommendation"]["blocks_to_swap"] <= 40
     assert "Blocks to swap to the CPU" in format_report(status)
