@@ -31,8 +31,9 @@ def random_init_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> tor
     return module
 
 
-def tiny_wan_state_dict(dim: int = 128, num_layers: int = 2, seed: int = 0, **overrides) -> dict:
-    """A Wan 2.1 T2V state dict ComfyUI detects as Wan: dim 128 (one head of 128), text_dim 4096."""
+def tiny_wan(dim: int = 128, num_layers: int = 2, **overrides) -> torch.nn.Module:
+    """ComfyUI's WanModel at a size ComfyUI detects as Wan 2.1 T2V: dim 128 (one head of 128), text_dim 4096
+    (built on the current default device; its parameters are uninitialised)."""
     comfy_on_path()
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
@@ -40,7 +41,12 @@ def tiny_wan_state_dict(dim: int = 128, num_layers: int = 2, seed: int = 0, **ov
     config = dict(model_type="t2v", dim=dim, ffn_dim=2 * dim, num_heads=dim // 128, num_layers=num_layers,
                   text_dim=4096, in_dim=16, out_dim=16, freq_dim=256, operations=comfy.ops.disable_weight_init)
     config.update(overrides)
-    model = random_init_(WanModel(**config), seed)
+    return WanModel(**config)
+
+
+def tiny_wan_state_dict(dim: int = 128, num_layers: int = 2, seed: int = 0, **overrides) -> dict:
+    """The tiny Wan's state dict with deterministic random weights."""
+    model = random_init_(tiny_wan(dim, num_layers, **overrides), seed)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 

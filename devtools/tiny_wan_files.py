@@ -13,22 +13,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .demo_models import tiny_wan_state_dict
-from .pack import comfy_on_path
+from .demo_models import tiny_wan, tiny_wan_state_dict
 from .tiny_svd import write_svd_lora
 
 FP8_MAX = 448.0  # largest float8_e4m3fn value
 
 
 def meta_wan() -> torch.nn.Module:
-    """ComfyUI's WanModel at the tiny Wan's size on the meta device (shapes and module types only)."""
-    comfy_on_path()
-    import comfy.ops
-    from comfy.ldm.wan.model import WanModel
-
+    """The tiny Wan on the meta device (shapes and module types only)."""
     with torch.device("meta"):
-        return WanModel(model_type="t2v", dim=128, ffn_dim=256, num_heads=1, num_layers=2, text_dim=4096,
-                        in_dim=16, out_dim=16, freq_dim=256, operations=comfy.ops.disable_weight_init)
+        return tiny_wan()
 
 
 def fp8_scaled(state_dict: dict, linear_layers: set[str]) -> dict:
@@ -42,7 +36,7 @@ def fp8_scaled(state_dict: dict, linear_layers: set[str]) -> dict:
             out[f"{layer}.scale_weight"] = scale
         else:
             out[key] = tensor
-    out["scaled_fp8"] = torch.empty(2, dtype=torch.float8_e4m3fn)
+    out["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
     return out
 
 
