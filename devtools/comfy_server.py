@@ -2,7 +2,8 @@
 
 Starts ComfyUI's main.py with its own base directory (models/, custom_nodes/, input/,
 output/ under it), `--cpu` when there is no GPU, on a free port; the pack is linked into
-its custom_nodes. Offers the API calls a script would make: post a prompt, follow it on
+its custom_nodes (with `simulated_devices`, devtools/simulated_devices_node.py too).
+Offers the API calls a script would make: post a prompt, follow it on
 the websocket, read /history, interrupt. `stop()` ends the server and every process it
 started, checked by pid.
 """
@@ -22,6 +23,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_LINK_NAME = "ComfyUI-Parallel"
+SIMULATED_DEVICES_NODE = "comfyui_parallel_simulated_devices.py"
 END_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
 
 
@@ -67,12 +69,13 @@ class PromptResult:
 
 class ComfyServer:
     def __init__(self, base_dir: Path, comfyui_dir: Path | None = None, port: int | None = None,
-                 extra_args: list[str] | None = None, env: dict | None = None):
+                 extra_args: list[str] | None = None, env: dict | None = None, simulated_devices: bool = False):
         self.base_dir = Path(base_dir).resolve()
         self.comfyui_dir = Path(comfyui_dir or default_comfyui_dir()).resolve()
         self.port = port or free_port()
         self.extra_args = extra_args or []
         self.env = env or {}
+        self.simulated_devices = simulated_devices  # devtools/simulated_devices_node.py in custom_nodes
         self.process: subprocess.Popen | None = None
         self.log_path = self.base_dir / "server.log"
         self.client_id = uuid.uuid4().hex
@@ -88,6 +91,9 @@ class ComfyServer:
         link = self.base_dir / "custom_nodes" / PACK_LINK_NAME
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
+        node = self.base_dir / "custom_nodes" / SIMULATED_DEVICES_NODE
+        if self.simulated_devices and not node.exists():
+            node.symlink_to(REPO / "devtools" / "simulated_devices_node.py")
 
     def start(self, timeout: float = 180) -> "ComfyServer":
         self.prepare_dirs()

@@ -81,9 +81,15 @@ def _wrap(index: int):
     return lambda t: SimTensor(t, index) if index and not isinstance(t, SimTensor) else t
 
 
-def _target_index(kwargs: dict) -> int | None:
-    device = kwargs.get("device")
-    return sim_index(device) if device is not None else None
+def _target_index(args: tuple, kwargs: dict) -> int | None:
+    """The simulated index of the device an op names (keyword `device`, or a positional device), if any."""
+    devices = [d for d in tree_flatten((args, kwargs))[0] if isinstance(d, torch.device)]
+    return sim_index(devices[0]) if devices else None
+
+
+def _host_devices(tree):
+    """`tree` with every CPU device in it made plain `cpu` (what the inner CPU tensors are on)."""
+    return tree_map_only(torch.device, lambda d: torch.device("cpu") if d.type == "cpu" else d, tree)
 
 
 def _common_index(func, args, kwargs) -> int:
@@ -100,13 +106,22 @@ def _common_index(func, args, kwargs) -> int:
 
 
 def dispatch(func, args: tuple, kwargs: dict):
-    """Run one aten op with simulated placement: check devices, compute on CPU copies, wrap results."""
+    """Run one aten op with simulated placement: check devices, compute on CPU copies, wrap results.
+
+    A composite op (`aten.to` gets here under inference_mode, as ComfyUI runs prompts) runs its
+    decomposition instead, so the aliasing `to` becomes the `_to_copy` handled in `_run`.
+    """
+    decomposed = func.decompose(*args, **kwargs)
+    return _run(func, args, kwargs) if decomposed is NotImplemented else decomposed
+
+
+def _run(func, args: tuple, kwargs: dict):
     if func is aten.copy_.default:
         _unwrap(args[0]).copy_(_unwrap(args[1]), *args[2:], **kwargs)
         return args[0]
-    target = _target_index(kwargs)
+    target = _target_index(args, kwargs)
     if target is not None:
-        kwargs = {**kwargs, "device": torch.device("cpu")}
+        args, kwargs = _host_devices((args, kwargs))
     if func in _CROSS_DEVICE or target is not None:
         index = target if target is not None else _index_of(args[0])
     else:
@@ -121,7 +136,7 @@ def dispatch(func, args: tuple, kwargs: dict):
 def _simulated(args, kwargs) -> bool:
     if any(isinstance(t, SimTensor) for t in tree_flatten((args, kwargs))[0]):
         return True
-    return bool(_target_index(kwargs))
+    return bool(_target_index(args, kwargs))
 
 
 class SimulatedDeviceMode(TorchDispatchMode):
@@ -129,9 +144,11 @@ class SimulatedDeviceMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _simulated(args, kwargs):
-            return dispatch(func, args, kwargs)
-        return func(*args, **kwargs)
+        if not _simulated(args, kwargs):
+            return func(*args, **kwargs)
+        with self:  # a decomposition's own ops (the `_to_copy` of a plain tensor's `to`) come back here
+            decomposed = func.decompose(*args, **kwargs)
+        return _run(func, args, kwargs) if decomposed is NotImplemented else decomposed
 
 
 def _set_data(tensor: torch.Tensor, new: torch.Tensor) -> None:
@@ -140,6 +157,7 @@ def _set_data(tensor: torch.Tensor, new: torch.Tensor) -> None:
     A plain `set_data` copies the C++ metadata but neither the Python dispatch key nor the Python
     object, so the C++ tensors are swapped instead (`torch.utils.swap_tensors`, object identity
     kept) and the object's class, attributes and requires_grad put back as `.data =` leaves them.
+    Under inference_mode torch's swap cannot check a tensor that requires grad (ComfyUI's do not).
     """
     if not isinstance(new, SimTensor) and not isinstance(tensor, SimTensor):
         _BASE_DATA.__set__(tensor, new)

@@ -67,3 +67,13 @@ def flagged_server(tmp_path_factory, models_cache):
     server = ComfyServer(base, extra_args=flags, env={"OMP_NUM_THREADS": "2"}).start()
     yield server
     assert server.stop() == []
+
+
+@pytest.fixture(scope="module")
+def simulated_server(tmp_path_factory, models_cache):
+    """A server of its own whose cpu:1, cpu:2, ... are simulated devices holding their own tensors
+    (devtools/simulated_devices_node.py): "cpu,cpu" placements there really move tensors, as on GPUs."""
+    base = server_base(tmp_path_factory, models_cache, "comfy-simulated")
+    server = ComfyServer(base, env={"OMP_NUM_THREADS": "2"}, simulated_devices=True).start()
+    yield server
+    assert server.stop() == []

@@ -104,3 +104,19 @@ def test_simulated_tensors_left_after_the_switch_still_move_back():
         lin.to("cpu:1")
     lin.to("cpu")
     assert type(lin.weight) is nn.Parameter and torch.equal(lin.weight.detach(), expected)
+
+
+@SIMULATED
+def test_under_inference_mode_as_comfyui_runs_prompts():
+    """There `aten.to` itself reaches the dispatch (not only `_to_copy`): it must still copy to the device.
+    (ComfyUI's parameters do not require grad; torch's swap_tensors cannot check one that does there.)"""
+    lin = nn.Linear(4, 2).requires_grad_(False)
+    x = torch.randn(3, 4)
+    expected = lin(x)
+    with torch.inference_mode():
+        lin.to("cpu:1")
+        assert lin.weight.device == torch.device("cpu", 1) and isinstance(lin.weight, SimTensor)
+        torch.testing.assert_close(lin(x.to("cpu:1")).to("cpu"), expected, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match=MIXED):
+            lin(x)
+        assert torch.arange(3).to(lin.weight).device == torch.device("cpu", 1)  # aten.to.device: a positional device
