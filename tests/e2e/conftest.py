@@ -72,8 +72,10 @@ def flagged_server(tmp_path_factory, models_cache):
 @pytest.fixture(scope="module")
 def simulated_server(tmp_path_factory, models_cache):
     """A server of its own whose cpu:1, cpu:2, ... are simulated devices holding their own tensors
-    (devtools/simulated_devices_node.py): "cpu,cpu" placements there really move tensors, as on GPUs."""
+    (devtools/simulated_devices_node.py), ComfyUI itself computing on cpu:1 as on a GPU: placements
+    and offloading there really move tensors between devices."""
     base = server_base(tmp_path_factory, models_cache, "comfy-simulated")
-    server = ComfyServer(base, env={"OMP_NUM_THREADS": "2"}, simulated_devices=True).start()
+    env = {"OMP_NUM_THREADS": "2", "COMFYUI_PARALLEL_SIMULATED_GPU": "cpu:1"}
+    server = ComfyServer(base, env=env, simulated_devices=True).start()
     yield server
     assert server.stop() == []
