@@ -61,6 +61,15 @@ def test_list_devices_ends_with_cpu():
     assert len(devices.list_devices(include_cpu=False)) == devices.cuda_count()
 
 
+def test_home_device_is_where_tensors_report_they_are(simulated_devices):
+    assert devices.home_device(torch.device("cpu", 0)) == torch.device("cpu")
+    assert devices.home_device(torch.device("cpu", 1)) == torch.device("cpu", 1)
+
+
+def test_home_device_of_a_simulated_cpu_in_plain_torch_is_the_host():
+    assert devices.home_device(torch.device("cpu", 1)) == torch.device("cpu")
+
+
 def test_simulated_cpus_are_distinct_devices_cpu_is_cpu_0():
     assert not devices.same_device(torch.device("cpu", 0), torch.device("cpu", 1))
     assert devices.same_device(torch.device("cpu"), torch.device("cpu", 0))

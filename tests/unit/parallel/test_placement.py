@@ -125,3 +125,19 @@ def test_a_forward_working_between_blocks_needs_each_output_back(return_each_blo
                 model(x)
             return
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_leave_on_main_hooks_main_blocks_without_moving_them(simulated_devices):
+    """The loader (ComfyUI) places the main device's blocks itself: neither placement nor undo moves them."""
+    model, inputs = TinyTransformer(depth=4), example_inputs()
+    with torch.no_grad():
+        expected = model(*inputs)
+    devices = parse_gpu_ids("cpu,cpu")
+    dist = distribute_blocks(model.blocks, devices, [0, 0, 1, 1], torch.device("cpu"), leave_on_main=True)
+    assert dist.original_devices[:2] == [None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(*inputs), expected, rtol=0, atol=0)
+    assert [i for i, _ in dist.ran_on] == [0, 1, 2, 3]
+    assert model.blocks[2].qkv.weight.device == torch.device("cpu", 1)
+    dist.undo()
+    assert all(b.qkv.weight.device == torch.device("cpu") for b in model.blocks)
