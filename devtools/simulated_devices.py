@@ -34,7 +34,6 @@ from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_a
 from torch.utils._pytree import tree_flatten, tree_map_only
 
 aten = torch.ops.aten
-_CROSS_DEVICE = {aten._to_copy.default, aten.copy_.default}
 _BASE_DATA = torch._C.TensorBase.data
 _STATE = {"depth": 0}
 
@@ -122,7 +121,7 @@ def _run(func, args: tuple, kwargs: dict):
     target = _target_index(args, kwargs)
     if target is not None:
         args, kwargs = _host_devices((args, kwargs))
-    if func in _CROSS_DEVICE or target is not None:
+    if func is aten._to_copy.default or target is not None:  # a move: wherever it goes (default: stays)
         index = target if target is not None else _index_of(args[0])
     else:
         index = _common_index(func, args, kwargs)

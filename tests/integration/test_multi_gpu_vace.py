@@ -8,9 +8,10 @@ import torch
 
 from multi_gpu_helpers import sample  # configures ComfyUI for the CPU first
 
+import comfy.ldm.wan.model as wan_model  # noqa: E402
 import comfy.ops  # noqa: E402
 import comfy.sd  # noqa: E402
-from comfy.ldm.wan.model import VaceWanModel, WanModel, WanModel_S2V  # noqa: E402
+from comfy.ldm.wan.model import VaceWanModel, WanModel  # noqa: E402
 from comfyui_parallel.models.multi_gpu.patcher import placement_of  # noqa: E402
 from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
 from comfyui_parallel.models.wan.family import works_between_blocks  # noqa: E402
@@ -48,7 +49,11 @@ def test_vace_block_distribution_equals_the_plain_model(state_dict, simulated_de
     assert weights.device == torch.device("cpu", 1)  # the last block really computed on the other device
 
 
+SUBCLASSES = sorted((c for c in vars(wan_model).values() if isinstance(c, type) and issubclass(c, WanModel)
+                     and c is not WanModel), key=lambda c: c.__name__)  # VACE, Camera, S2V, HuMo (0.3.75)
+
+
 def test_only_plain_wan_chains_its_blocks_alone():
     assert not works_between_blocks(WanModel.__new__(WanModel))
-    assert works_between_blocks(VaceWanModel.__new__(VaceWanModel))
-    assert works_between_blocks(WanModel_S2V.__new__(WanModel_S2V))
+    assert VaceWanModel in SUBCLASSES
+    assert all(works_between_blocks(c.__new__(c)) for c in SUBCLASSES), SUBCLASSES
