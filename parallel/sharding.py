@@ -60,7 +60,7 @@ def shard_blocks(root: nn.Module, blocks: nn.ModuleList, mesh: DeviceMesh, devic
     viewed = 0
     for block in blocks:
         sources = dict(block.named_parameters())
-        block.to("meta" if keep_views else device)
+        _params_to(block, torch.device("meta") if keep_views else device)
         fully_shard(block, mesh=mesh, reshard_after_forward=True, shard_placement_fn=placement)
         viewed += load_shards(block, sources) if keep_views else 0
     others = {p for p in root.parameters() if id(p) not in in_blocks}
@@ -69,6 +69,17 @@ def shard_blocks(root: nn.Module, blocks: nn.ModuleList, mesh: DeviceMesh, devic
         for block, following in zip(blocks, list(blocks)[1:]):
             block.set_modules_to_forward_prefetch([following])
     return viewed
+
+
+def _params_to(block: nn.Module, device: torch.device) -> None:
+    """Move a block's parameters to `device` (meta: only their shapes stay); its buffers, which are not
+    sharded, move only to a real device."""
+    for module in block.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(param.to(device), requires_grad=param.requires_grad))
+        if device.type != "meta":
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                setattr(module, name, buffer.to(device))
 
 
 def _rank_slice(full: torch.Tensor, param: DTensor) -> torch.Tensor:
@@ -91,7 +102,7 @@ def load_shards(block: nn.Module, sources: Mapping[str, torch.Tensor]) -> int:
             views[name] = part
         shards[name] = DTensor.from_local(part if part.is_contiguous() else part.contiguous(), param.device_mesh,
                                           param.placements, run_check=False, shape=param.shape, stride=param.stride())
-    block.load_state_dict(shards, strict=True, assign=True)
+    block.load_state_dict(shards, strict=False, assign=True)  # buffers are not in it: they stay
     local = {name: param.to_local() for name, param in block.named_parameters()}
     return sum(_tensor_bytes(local[name]) for name, view in views.items()
                if view.numel() and local[name].data_ptr() == view.data_ptr())
@@ -102,11 +113,11 @@ def _tensor_bytes(tensor: torch.Tensor) -> int:
 
 
 def resident_bytes(modules: Iterable[nn.Module]) -> int:
-    """Bytes of weights these modules hold now, read from the tensors: a sharded parameter's local shard,
-    plus any gathered (unsharded) copy FSDP still keeps allocated; a plain tensor whole."""
+    """Bytes of weights (parameters) these modules hold now, read from the tensors: a sharded parameter's
+    local shard, plus any gathered (unsharded) copy FSDP still keeps allocated; a plain parameter whole."""
     total = 0
     for module in modules:
-        for tensor in list(module.parameters()) + list(module.buffers()):
+        for tensor in module.parameters():
             total += _tensor_bytes(tensor.to_local()) if isinstance(tensor, DTensor) else _tensor_bytes(tensor)
         state = getattr(module, "_get_fsdp_state", None)
         group = state()._fsdp_param_group if state is not None else None

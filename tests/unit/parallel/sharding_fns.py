@@ -1,7 +1,7 @@
 """Worker functions for the sharding tests (run inside gloo worker processes).
 
 Every rank builds the same small block model from a seed (Linear blocks with a [1, 6, dim]
-modulation table like Wan's), computes the plain forward, shards the blocks with FSDP2 and
+modulation table like Wan's, and a buffer), computes the plain forward, shards the blocks with FSDP2 and
 runs the forward again; the caller compares and reads the measured resident bytes.
 """
 import torch
@@ -15,9 +15,10 @@ class Block(nn.Module):
         super().__init__()
         self.fc = nn.Linear(dim, dim)
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim)
+        self.register_buffer("gain", torch.rand(dim) + 0.5)  # not sharded: stays whole on every rank
 
     def forward(self, x):
-        return x + torch.tanh(self.fc(x)) * self.modulation[:, 0]
+        return x + torch.tanh(self.fc(x)) * self.modulation[:, 0] * self.gain
 
 
 class Stack(nn.Module):
