@@ -65,21 +65,23 @@ def split_sizes(batch: int, weights: list[float]) -> list[int]:
 
 
 def split_batch(obj, batch: int, sizes: list[int]) -> list:
-    """`obj` cut into len(sizes) pieces: tensors with dim0 == batch are sliced, the rest shared."""
+    """`obj` cut into len(sizes) pieces: tensors with dim0 == batch are sliced, the rest shared.
+
+    Every piece gets dicts of its own: the replicas run at once, and ComfyUI's models write into
+    the dicts they are given (the UNet sets transformer_options' block / index / original_shape).
+    """
     if isinstance(obj, torch.Tensor) and obj.dim() > 0 and obj.shape[0] == batch:
         return list(torch.split(obj, sizes, dim=0))
     if isinstance(obj, dict):
         parts = {key: split_batch(value, batch, sizes) for key, value in obj.items()}
-        return [_rebuild_dict(obj, {key: parts[key][i] for key in obj}) for i in range(len(sizes))]
+        return [_copy_dict(obj, {key: parts[key][i] for key in obj}) for i in range(len(sizes))]
     if isinstance(obj, (list, tuple)):
         parts = [split_batch(item, batch, sizes) for item in obj]
         return [_rebuild_sequence(obj, [p[i] for p in parts]) for i in range(len(sizes))]
     return [obj] * len(sizes)
 
 
-def _rebuild_dict(original: dict, values: dict) -> dict:
-    if all(values[key] is original[key] for key in original):
-        return original
+def _copy_dict(original: dict, values: dict) -> dict:
     rebuilt = original.copy()
     rebuilt.update(values)
     return rebuilt

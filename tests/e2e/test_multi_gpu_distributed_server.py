@@ -4,23 +4,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from comfyui_parallel.models.comfy.flags import ENV
-from devtools.comfy_server import REPO
+from test_multi_gpu import read_latent, workflow
 
-API = REPO / "workflows" / "api"
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # attention on token shards rounds differently in the last bits
-
-
-def workflow(name: str) -> dict:
-    return json.loads((API / f"{name}.json").read_text())
-
-
-def read_latent(result, server) -> torch.Tensor:
-    assert result.status == "success", result.error_text
-    (latent,) = [f for f in result.output_files(server.base_dir) if f.suffix == ".latent"]
-    return load_file(str(latent))["latent_tensor"]
 
 
 def distributed(gpu_ids: str, steps: int | None = None) -> dict:

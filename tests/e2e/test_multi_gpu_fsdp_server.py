@@ -1,26 +1,13 @@
 """distributed with weight_sharding fsdp through a real ComfyUI server: 2 and 3 gloo workers, each holding
 its shard of every block, give the plain graph's latent; fsdp outside distributed is a clear error and
 the server goes on."""
-import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from devtools.comfy_server import REPO
+from test_multi_gpu import read_latent, workflow
 
-API = REPO / "workflows" / "api"
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # attention on token shards rounds differently in the last bits
-
-
-def workflow(name: str) -> dict:
-    return json.loads((API / f"{name}.json").read_text())
-
-
-def read_latent(result, server) -> torch.Tensor:
-    assert result.status == "success", result.error_text
-    (latent,) = [f for f in result.output_files(server.base_dir) if f.suffix == ".latent"]
-    return load_file(str(latent))["latent_tensor"]
 
 
 def sharded(gpu_ids: str, **inputs) -> dict:

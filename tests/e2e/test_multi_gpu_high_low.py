@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from devtools.comfy_server import REPO
+from test_multi_gpu import read_latent
 
 API = REPO / "workflows" / "api"
 LOADERS = ("1", "2")  # high-noise, low-noise
@@ -30,12 +30,6 @@ def pair_workflow(mode: str | None) -> dict:
         else:
             inputs["parallelism_type"] = mode
     return prompt
-
-
-def read_latent(result, server) -> torch.Tensor:
-    assert result.status == "success", result.error_text
-    (latent,) = [f for f in result.output_files(server.base_dir) if f.suffix == ".latent"]
-    return load_file(str(latent))["latent_tensor"]
 
 
 @pytest.fixture(scope="module")

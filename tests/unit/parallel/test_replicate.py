@@ -141,6 +141,9 @@ def test_split_and_gather_nested():
     (args0,), kwargs0 = pieces[0]
     assert torch.equal(args0, x[:2]) and kwargs0["s"] is shared and kwargs0["opts"]["tag"] == "a"
     assert torch.equal(pieces[1][1]["opts"]["sigmas"], torch.tensor([2]))
+    unbatched = {"transformer_options": {"block": None}}
+    first, second = split_batch(((x,), unbatched), 3, [2, 1])
+    assert first[1]["transformer_options"] is not second[1]["transformer_options"], "replicas write into their own"
     out = gather([(x[:2], {"y": x[:2]}), (x[2:], {"y": x[2:]})], torch.device("cpu"))
     assert torch.equal(out[0], x) and torch.equal(out[1]["y"], x)
 
