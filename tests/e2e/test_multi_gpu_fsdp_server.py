@@ -5,20 +5,14 @@ the server goes on."""
 import pytest
 import torch
 
-from test_multi_gpu import read_latent, workflow
-
-TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # attention on token shards rounds differently in the last bits
+from test_multi_gpu import read_latent
+from test_multi_gpu_distributed_server import TOLERANCE, distributed, plain_latent  # noqa: F401 (a fixture)
 
 
 def sharded(gpu_ids: str, **inputs) -> dict:
-    prompt = workflow("wan_multi_gpu_distributed")
-    prompt["1"]["inputs"].update(gpu_ids=gpu_ids, weight_sharding="fsdp", **inputs)
+    prompt = distributed(gpu_ids)
+    prompt["1"]["inputs"].update(weight_sharding="fsdp", **inputs)
     return prompt
-
-
-@pytest.fixture(scope="module")
-def plain_latent(comfy_server):
-    return read_latent(comfy_server.run(workflow("wan_basic")), comfy_server)
 
 
 @pytest.mark.parametrize("gpu_ids", ["cpu,cpu", "cpu,cpu,cpu"])
