@@ -4,6 +4,9 @@ The nodes take a `gpu_ids` string; this module turns it into `torch.device`s and
 anything that does not exist, listing what does. "cpu,cpu" gives simulated devices
 (`cpu:0`, `cpu:1`) so every multi-device path runs and is tested on a machine without a GPU
 (plain torch puts tensors sent to `cpu:1` on `cpu`; the tests' simulated devices keep them apart).
+A device named more than once ("0,0") is shared: its ranks run on it side by side, each planned
+with an equal share of its free memory (`free_bytes_each`), and a worker group over a shared GPU
+talks over gloo (parallel/backend.py: NCCL takes one rank per GPU).
 Utilisation and temperature come from NVML (pynvml) or GPUtil when either is installed.
 """
 from dataclasses import dataclass
@@ -38,7 +41,7 @@ def available_text() -> str:
     count = cuda_count()
     gpus = ", ".join(f"{i} ({torch.cuda.get_device_name(i)})" for i in range(count))
     gpu_part = f"GPU ids {gpus}" if count else "no CUDA GPU on this machine"
-    return f"{gpu_part}; 'all'; 'cpu', or 'cpu,cpu' (simulated devices on the CPU); comma-separated, no repeats"
+    return f"{gpu_part}; 'all'; 'cpu', or 'cpu,cpu' (simulated devices on the CPU); comma-separated; a device named twice ('0,0') is shared by two ranks"
 
 
 def _parse_token(token: str, input_name: str) -> torch.device:
@@ -64,14 +67,10 @@ def _number_simulated_cpus(devices: list[torch.device]) -> list[torch.device]:
 
 
 def _check_devices(devices: list[torch.device], input_name: str) -> None:
-    """Refuse mixed cpu/cuda lists, repeats and GPU ids this machine lacks."""
+    """Refuse mixed cpu/cuda lists and GPU ids this machine lacks."""
     kinds = {d.type for d in devices}
     if len(kinds) > 1:
         raise InputError(input_name, "mixes CPU and GPU devices", available_text())
-    keys = [str(d) for d in devices]
-    repeats = sorted({k for k in keys if keys.count(k) > 1})
-    if repeats:
-        raise InputError(input_name, f"names {', '.join(repeats)} more than once", available_text())
     count = cuda_count()
     missing = [str(d.index) for d in devices if d.type == "cuda" and d.index >= count]
     if missing:
@@ -83,7 +82,7 @@ def parse_gpu_ids(gpu_ids: str, input_name: str = INPUT_NAME) -> list[torch.devi
     """Turn a `gpu_ids` string into devices: "0,1", "cuda:0,cuda:1", "all", "cpu", "cpu,cpu".
 
     "all" is every visible GPU, or the CPU when there is none. Raises InputError naming
-    `input_name` and listing what exists for junk, repeats or unknown ids.
+    `input_name` and listing what exists for junk or unknown ids. A repeated id is a shared device.
     """
     if not isinstance(gpu_ids, str) or not gpu_ids.strip():
         raise InputError(input_name, "is empty", available_text())
@@ -108,6 +107,16 @@ def free_bytes(device: torch.device | str) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device.index or 0)[0])
     return int(psutil.virtual_memory().available)
+
+
+def shared_devices(devices: list[torch.device]) -> list[torch.device]:
+    """The devices `devices` names more than once, in order of first appearance."""
+    return [d for i, d in enumerate(devices) if d in devices[i + 1:] and d not in devices[:i]]
+
+
+def free_bytes_each(devices: list[torch.device]) -> list[int]:
+    """Free memory per entry of `devices`: a device named k times gives each entry 1/k of its free memory."""
+    return [free_bytes(d) // devices.count(d) for d in devices]
 
 
 def total_bytes(device: torch.device | str) -> int:

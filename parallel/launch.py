@@ -1,10 +1,11 @@
 """A long-lived group of worker processes forming a torch.distributed group.
 
-One worker per device (gloo on the CPU, nccl for CUDA). The caller sends calls and gets
-results back in rank order; a worker's exception comes back as WorkerError with its
-traceback; a worker that dies (even by SIGKILL) becomes a WorkerError naming the rank and
-the signal, never a hang; cancel stops every worker at its next `ctx.check_cancelled()`;
-close ends every child. The group stays up between calls (ctx.state keeps a loaded model).
+One worker per device (gloo on the CPU, nccl for CUDA; gloo when a GPU is named twice: see
+backend.py). The caller sends calls and gets results back in rank order; a worker's exception
+comes back as WorkerError with its traceback; a worker that dies (even by SIGKILL) becomes a
+WorkerError naming the rank and the signal, never a hang; cancel stops every worker at its
+next `ctx.check_cancelled()`; close ends every child. The group stays up between calls
+(ctx.state keeps a loaded model).
 
 After a failure or cancel the other ranks are told to stop; a rank that does not stop within
 stop_grace_s (it waits in a collective a peer left) ends the group, and the next call starts
@@ -53,6 +54,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..utils.errors import Cancelled, InputError, WorkerError
+from .backend import group_backend
 from .worker_procs import WORKER_MAIN, Session, loopback_interface
 from .worker_runtime import WorkerContext
 
@@ -308,11 +310,15 @@ class WorkerGroup:
             self._finalizer.detach()
             session.shutdown(graceful=graceful)
 
+    def _backend(self, device: str) -> str:
+        """The backend every rank joins: chosen from the local devices (a group of remote ranks only: from `device`)."""
+        return group_backend([torch.device(d) for d in self.config.devices or [device]])
+
     def _common_env(self, rank: int, local_rank: int, device: str) -> dict:
         config = self.config
         return {
             "RANK": str(rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(local_rank),
-            "COMFYUI_PARALLEL_DEVICE": device,
+            "COMFYUI_PARALLEL_DEVICE": device, "COMFYUI_PARALLEL_BACKEND": self._backend(device),
             "COMFYUI_PARALLEL_THREADS": str(config.threads_per_worker),
             "COMFYUI_PARALLEL_HEARTBEAT_S": str(config.heartbeat_s),
             "COMFYUI_PARALLEL_START_TIMEOUT_S": str(config.start_timeout_s),

@@ -147,15 +147,16 @@ def distribute_blocks(blocks: nn.ModuleList, devices: list[torch.device], assign
     """Move block i to devices[assignment[i]] and hook it so its inputs follow; reversible.
 
     With `return_each_block` every block's output returns to the main device (else only the last's).
-    With `leave_on_main` the blocks planned on the main device are hooked but not moved, neither
-    now nor by `undo()`: whoever loads the model (ComfyUI) places and unloads those.
+    With `leave_on_main` the blocks planned on devices[0] are hooked but not moved, neither now nor
+    by `undo()`: whoever loads the model (ComfyUI) places and unloads those. A later entry naming
+    the same device (a shared device) is placed here like any other.
     """
     if len(assignment) != len(blocks):
         raise ValueError(f"assignment has {len(assignment)} entries for {len(blocks)} blocks")
     if any(not 0 <= a < len(devices) for a in assignment):
         raise ValueError(f"assignment names a device outside 0..{len(devices) - 1}: {assignment}")
     block_devices = [torch.device(devices[a]) for a in assignment]
-    moved = [not (leave_on_main and same_device(d, torch.device(main_device))) for d in block_devices]
+    moved = [not (leave_on_main and a == 0) for a in assignment]
     dist = BlockDistribution(blocks, [torch.device(d) for d in devices], block_devices, torch.device(main_device),
                              [first_tensor_device(b) if m else None for b, m in zip(blocks, moved)])
     for index, (block, device) in enumerate(zip(blocks, block_devices)):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..utils.errors import InputError
-from .devices import DeviceInfo, list_devices, parse_gpu_ids, free_bytes
+from .devices import DeviceInfo, free_bytes_each, list_devices, parse_gpu_ids
 from .plan import GIB, PlanError, gib, plan_blocks, recommend
 
 DEFAULT_RESERVE_GB = 2.0
@@ -84,7 +84,7 @@ def _chosen_indices(free: list[int], reserve: int, count: int) -> list[int]:
 
 def recommend_for_model(model: ModelFileInfo, devices: list[torch.device], reserve_bytes: int) -> dict:
     """Recommendation for a model on `devices`: type, chosen devices, blocks to swap, block plan."""
-    free = [free_bytes(d) for d in devices]
+    free = free_bytes_each(devices)
     rec = recommend(model.total_bytes, free, reserve_bytes)
     chosen = _chosen_indices(free, reserve_bytes, rec.device_count)
     result = {"parallelism_type": rec.parallelism_type, "devices": [str(devices[i]) for i in chosen],

@@ -153,6 +153,7 @@ class WorkerSettings:
     control: tuple[str, int]
     authkey: bytes
     device: str
+    backend: str = ""
     threads: int = 1
     store_path: str = ""
     heartbeat_s: float = 1.0
@@ -168,6 +169,7 @@ class WorkerSettings:
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=int(env.get("MASTER_PORT", "0")),
             control=(host, int(port)), authkey=bytes.fromhex(env["COMFYUI_PARALLEL_AUTHKEY"]),
             device=env.get("COMFYUI_PARALLEL_DEVICE", default_device),
+            backend=env.get("COMFYUI_PARALLEL_BACKEND", ""),
             threads=int(env.get("COMFYUI_PARALLEL_THREADS", "1")),
             store_path=env.get("COMFYUI_PARALLEL_STORE", ""),
             heartbeat_s=float(env.get("COMFYUI_PARALLEL_HEARTBEAT_S", "1.0")),
@@ -284,8 +286,9 @@ def _run_call(ctx: WorkerContext, channel: Channel, message: dict) -> None:
 
 
 def _init_group(settings: WorkerSettings) -> torch.device:
-    """Join the torch.distributed group: nccl for CUDA tensors (gloo beside it for CPU ones)."""
+    """Join the torch.distributed group with the launcher's backend (or, unnamed, the one for this device alone)."""
     device = torch.device(settings.device)
+    backend = settings.backend or group_backend([device])
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if settings.store_path:
@@ -293,8 +296,8 @@ def _init_group(settings: WorkerSettings) -> torch.device:
     else:
         store = dist.TCPStore(settings.master_addr, settings.master_port, is_master=False,
                               timeout=timedelta(seconds=settings.start_timeout_s))
-    dist.init_process_group(group_backend(device), store=store, rank=settings.rank, world_size=settings.world_size,
-                            timeout=COLLECTIVE_TIMEOUT, **init_options(device))
+    dist.init_process_group(backend, store=store, rank=settings.rank, world_size=settings.world_size,
+                            timeout=COLLECTIVE_TIMEOUT, **init_options(backend, device))
     return device
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...parallel.devices import free_bytes
+from ...parallel.devices import free_bytes_each
 from ...parallel.plan import PlanError, plan_blocks
 
 
@@ -31,8 +31,9 @@ class Placement:
 
 
 def capacities(devices: list[torch.device], reserve: int, held: list[int]) -> list[int]:
-    """Usable bytes per device now: free memory less the reserve, plus what this model holds there."""
-    return [max(free_bytes(d) - reserve + h, 0) for d, h in zip(devices, held)]
+    """Usable bytes per device now: free memory (a shared device split between its entries) less the reserve,
+    plus what this model holds there."""
+    return [max(free - reserve + h, 0) for free, h in zip(free_bytes_each(devices), held)]
 
 
 def held_bytes(placement: Placement | None, block_sizes: list[int], main_loaded: int, count: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 Every refusal is an InputError naming the input and what is allowed: an unknown mode,
 gpu_ids naming devices the machine lacks, data_parallel / distributed with one device,
+distributed naming a device twice,
 weight_sharding fsdp outside distributed,
 block_distribution or distributed on a model that is not Wan.
 `auto` takes the recommendation GPUStatus prints (parallel.plan.recommend); weight_sharding auto
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...parallel.devices import free_bytes, parse_gpu_ids
+from ...parallel.devices import free_bytes_each, parse_gpu_ids, shared_devices
 from ...parallel.plan import GIB, recommend
 from ...parallel.sharding import SHARDINGS
 from ...utils.errors import InputError
@@ -72,7 +73,7 @@ def reserve_bytes(request: MultiGPURequest) -> int:
 def choose_auto(model_patcher, devices: list[torch.device], reserve: int) -> tuple[str, list[torch.device], str]:
     """The recommended mode and devices for this model size and the devices' free memory."""
     size = model_patcher.model_size()
-    rec = recommend(size, [free_bytes(d) for d in devices], reserve)
+    rec = recommend(size, free_bytes_each(devices), reserve)
     mode = rec.parallelism_type
     if mode == "block_distribution" and not is_wan(getattr(model_patcher.model, "diffusion_model", None)):
         raise InputError("parallelism_type", f"auto: {rec.reason}, which needs block_distribution, only for Wan",
@@ -96,6 +97,11 @@ def resolve(model_patcher, request: MultiGPURequest) -> MultiGPUSettings:
         raise InputError("gpu_ids", f"parallelism_type '{mode}' needs at least two devices; "
                          f"'{request.gpu_ids}' names {len(devices)}",
                          "two or more ids such as '0,1' ('cpu,cpu' simulates on the CPU), or parallelism_type none")
+    shared = shared_devices(devices)
+    if mode == "distributed" and shared:
+        raise InputError("gpu_ids", f"names {', '.join(map(str, shared))} more than once: distributed runs one rank "
+                         "per device (NCCL takes one rank per GPU)", "distinct ids such as '0,1', or "
+                         "data_parallel / block_distribution, which may share a device")
     if mode == "none":
         devices = devices[:1]
     if mode == "block_distribution":

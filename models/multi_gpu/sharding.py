@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from ...parallel.devices import free_bytes
+from ...parallel.devices import free_bytes_each
 from ...parallel.plan import gib, module_bytes
 from ...parallel.shared_weights import return_freed_memory
 from ...parallel.sharding import ShardingPlan, group_mesh, plan_sharding, resident_bytes, shard_blocks
@@ -37,7 +37,7 @@ def resolve_sharding(diffusion_model, mode: str, devices: list, reserve: int, sh
             raise InputError("weight_sharding", f"fsdp shards the weights over the distributed workers, "
                              f"but parallelism_type is '{mode}'", "auto or replicate, or parallelism_type distributed")
         return "replicate", ""
-    free = min(free_bytes(device) for device in devices)
+    free = min(free_bytes_each(devices))
     plan = wan_sharding_plan(diffusion_model, ranks, free, reserve, sharding)
     reason = f"{plan.sharding}: {gib(plan.device_bytes)} of weights per device, {gib(plan.capacity)} free after the reserve"
     return plan.sharding, reason

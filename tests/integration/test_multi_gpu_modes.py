@@ -86,6 +86,15 @@ def test_block_distribution_over_three_devices(simulated_devices):
     assert set(placement_of(model.model).assignment) == {0, 1, 2}
 
 
+@pytest.mark.parametrize("mode", ["data_parallel", "block_distribution"])
+def test_a_device_named_twice_is_shared_and_equals_plain(models_cache, reference, simulated_devices, mode):
+    """'cpu:1,cpu:1' (the CPU twin of gpu-check's 'cuda:0,cuda:0'): both entries run on the one other device."""
+    model = multi_gpu(load_tiny_wan(models_cache), mode, gpu_ids="cpu:1,cpu:1")
+    torch.testing.assert_close(sample(model, steps=3), sample(load_tiny_wan(models_cache), steps=3),
+                               rtol=1e-4, atol=1e-4)
+    assert model.multi_gpu.devices == (torch.device("cpu", 1),) * 2
+
+
 def test_unload_undoes_the_placement(models_cache, simulated_devices):
     import comfy.model_management
 
@@ -107,6 +116,7 @@ def test_offload_device_unloads_after_each_run(models_cache, reference, simulate
 @pytest.mark.parametrize("mode, gpu_ids, options, expected", [
     ("data_parallel", "cpu", {}, "gpu_ids: parallelism_type 'data_parallel' needs at least two devices"),
     ("distributed", "cpu", {}, "gpu_ids: parallelism_type 'distributed' needs at least two devices"),
+    ("distributed", "cpu:1,cpu:1", {}, "gpu_ids: names cpu:1 more than once: distributed runs one rank per device"),
     ("none", "7", {}, "gpu_ids: GPU 7 does not exist"),
     ("none", "cpu,banana", {}, "gpu_ids: 'banana' is not a device id"),
     ("sideways", "cpu", {}, "parallelism_type: 'sideways' is not an option"),

@@ -14,6 +14,15 @@ def test_cpu_forms():
     assert devices.parse_gpu_ids("cpu:0,cpu:1") == [torch.device("cpu", 0), torch.device("cpu", 1)]
 
 
+def test_a_device_named_twice_is_shared_with_half_its_free_memory_each():
+    shared = devices.parse_gpu_ids("cpu:1,cpu:1,cpu:0")
+    assert shared == [torch.device("cpu", 1), torch.device("cpu", 1), torch.device("cpu", 0)]
+    assert devices.shared_devices(shared) == [torch.device("cpu", 1)]
+    assert devices.shared_devices(devices.parse_gpu_ids("cpu,cpu")) == []  # numbered: two simulated devices
+    first, second, alone = devices.free_bytes_each(shared)
+    assert first == second and abs(2 * first - alone) <= 2 * 64 * 2**20  # host RAM moves a little between reads
+
+
 def test_all_without_gpu_is_the_cpu():
     if devices.cuda_count():
         pytest.skip("this machine has GPUs")
@@ -24,7 +33,6 @@ def test_all_without_gpu_is_the_cpu():
     ("abc", "'abc' is not a device id"),
     ("0,7", "does not exist"),
     ("cuda:3", "does not exist"),
-    ("cpu:1,cpu:1", "more than once"),
     ("", "is empty"),
     ("0,,1", "empty item"),
     ("cpu,0", "mixes CPU and GPU"),
