@@ -9,7 +9,9 @@ Real-size models with random weights are built on the device (nothing is downloa
    measured weight peak (`torch.cuda.max_memory_allocated` less the resident run's activations)
    against the ledger's plan (`offload_peak_vs_plan`, the largest of all runs).
 2. Hook cost per block on the device (a tiny Wan, every block swapped, prefetch 1).
-3. SeedVR 3B and 7B (gpu_check_models.py), and the Multi-GPU modes on one GPU equal to plain.
+3. SeedVR 3B and 7B (gpu_check_models.py), and each parallel mode on one GPU equal to plain:
+   data_parallel / block_distribution over cuda:0,cuda:0, distributed with one NCCL rank, the
+   SVD step pipeline with two stages sharing the GPU.
 
 Without CUDA it says so and exits 0, measuring nothing. `run(device, sizes)` is the whole
 logic; tests/integration/test_gpu_check.py runs it at TINY sizes on the CPU (host twins of the CUDA
@@ -57,7 +59,7 @@ class Sizes:
 FULL = Sizes()
 TINY = Sizes(dim=128, ffn_dim=256, blocks=4, frames=1, height=8, width=8, text_tokens=6, swaps=(2, 4),
              prefetches=(0, 1), seedvr=("seedvr2_3b",), seedvr_frames=5, seedvr_size=(32, 48), seedvr_tiny=True,
-             mode_devices="cpu,cpu")
+             mode_devices="cpu:0,cpu:0")  # one device named twice, as cuda:0,cuda:0
 
 
 class Timer:
@@ -226,13 +228,14 @@ def hook_cost(device: torch.device, blocks: int = 8) -> dict:
 
 def run(device: torch.device, sizes: Sizes = FULL) -> dict:
     """Every figure of the gpu-check on `device`; prints a table as it goes."""
-    from gpu_check_models import mode_equality, seedvr_peaks
+    from gpu_check_models import mode_equality, seedvr_peaks, svd_pipeline_equality
 
     results = {}
     for title, part in (("offload sweep", lambda: offload_sweep(sizes, device)),
                         ("hook cost", lambda: hook_cost(device)),
                         ("SeedVR", lambda: seedvr_peaks(sizes, device)),
-                        ("modes on one device", lambda: mode_equality(sizes, device))):
+                        ("modes on one device", lambda: mode_equality(sizes, device)),
+                        ("step pipeline, two stages on one device", lambda: svd_pipeline_equality(sizes, device))):
         print(f"== {title}", flush=True)
         started = time.monotonic()
         results.update(part())

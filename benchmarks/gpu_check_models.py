@@ -4,8 +4,9 @@ SeedVR runs through models/seedvr's public pipeline (`SeedVRModel`, `upscale`) w
 defaults (blocks_to_swap 0, no VAE tiling) and one step; the peak of each phase is read when the
 next begins (the DiT's first forward ends the encode phase, the VAE's first decode the DiT phase).
 The modes are the pack's own Multi-GPU patcher over `sizes.mode_devices` (cuda:0,cuda:0: both
-"devices" share the GPU, so its streams and copies run) on a small Wan sampled by ComfyUI's sampler,
-each equal to the plain MODEL within bf16 tolerance.
+entries share the GPU, so its streams and copies run) and distributed with one NCCL rank, on a small
+Wan sampled by ComfyUI's sampler, and the step pipeline with two stages sharing the GPU (over gloo)
+on a tiny SVD: each equal to plain within bf16 tolerance.
 """
 import time
 
@@ -99,25 +100,66 @@ def _sample(model, seed: int = 3):
                                disable_pbar=True)
 
 
+def _difference(mode: str, where: str, difference: float, device: torch.device, what: str) -> dict:
+    """The figure of one mode's largest difference to plain; fails the check beyond the tolerance."""
+    tolerance = 2e-2 if device.type == "cuda" else 1e-4
+    print(f"   {mode} {where}: largest difference to plain {difference:.2e}")
+    assert difference <= tolerance, f"{mode} differs from plain by {difference} (tolerance {tolerance})"
+    return {f"mode_{mode}_max_abs_diff_one_gpu": figure(difference, "abs", "lower",
+                                                        f"{mode} {where} vs plain, {what} (tolerance {tolerance})")}
+
+
 def mode_equality(sizes: Sizes, device: torch.device) -> dict:
-    """The largest difference to plain of data_parallel and block_distribution over `sizes.mode_devices`."""
+    """The largest difference to plain of data_parallel and block_distribution over `sizes.mode_devices`, and
+    of distributed with one rank on `device` (NCCL on a GPU: the node asks for two ranks, one gains nothing)."""
     import comfy.model_management
     import comfy.sd
     from devtools.demo_models import tiny_wan_state_dict
 
+    from comfyui_parallel.models.multi_gpu.patcher import MultiGPUSettings
     from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve
+    from comfyui_parallel.parallel.pool import POOL
 
     model = comfy.sd.load_diffusion_model_state_dict(tiny_wan_state_dict(num_layers=4, seed=2))
     expected = _sample(model)
+    runs = [(mode, f"over {sizes.mode_devices}", resolve(model, MultiGPURequest(mode, sizes.mode_devices)))
+            for mode in ("data_parallel", "block_distribution")]
+    runs.append(("distributed", f"with one rank on {device}", MultiGPUSettings("distributed", (device,))))
     results = {}
-    for mode in ("data_parallel", "block_distribution"):
-        parallel = apply_multi_gpu(model, resolve(model, MultiGPURequest(mode, sizes.mode_devices)))
-        difference = (_sample(parallel) - expected).abs().max().item()
-        comfy.model_management.unload_all_models()
-        tolerance = 2e-2 if device.type == "cuda" else 1e-4
-        print(f"   {mode} over {sizes.mode_devices}: largest difference to plain {difference:.2e}")
-        assert difference <= tolerance, f"{mode} differs from plain by {difference} (tolerance {tolerance})"
-        results[f"mode_{mode}_max_abs_diff_one_gpu"] = figure(difference, "abs", "lower",
-                                                              f"{mode} over {sizes.mode_devices} vs plain, tiny Wan, "
-                                                              f"2 euler steps (tolerance {tolerance})")
+    try:
+        for mode, where, settings in runs:
+            difference = (_sample(apply_multi_gpu(model, settings)) - expected).abs().max().item()
+            comfy.model_management.unload_all_models()
+            results.update(_difference(mode, where, difference, device, "tiny Wan, 2 euler steps"))
+    finally:
+        POOL.close_all()
     return results
+
+
+def svd_pipeline_equality(sizes: Sizes, device: torch.device) -> dict:
+    """The step pipeline with two stages over `sizes.mode_devices` (on a GPU both share it, over gloo: NCCL
+    takes one rank per GPU), two videos of the tiny SVD, each equal to ComfyUI's KSampler for its seed."""
+    import comfy.sample
+    from devtools.tiny_svd import tiny_svd_conditioning, tiny_svd_model
+
+    from comfyui_parallel.models.comfy.runtime import find_comfyui_dir
+    from comfyui_parallel.models.step_pipeline.plan import PipelineSettings
+    from comfyui_parallel.models.step_pipeline.server import run_pipeline
+    from comfyui_parallel.parallel.devices import parse_gpu_ids
+    from comfyui_parallel.parallel.pool import POOL
+
+    model = tiny_svd_model(seed=0, load_device=device)
+    positive, negative, latent = tiny_svd_conditioning(frames=2)
+    settings = PipelineSettings(11, 4, 2.5, "euler_ancestral", "karras", num_videos=2)
+    try:
+        got = run_pipeline(model, positive, negative, latent, settings, parse_gpu_ids(sizes.mode_devices),
+                           find_comfyui_dir()).samples
+    finally:
+        POOL.close_all()
+    expected = torch.cat([comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), settings.steps,
+                                              settings.cfg, settings.sampler_name, settings.scheduler, positive,
+                                              negative, latent, seed=seed, disable_pbar=True)
+                          for seed in (settings.seed, settings.seed + 1)])
+    difference = (got - expected).abs().max().item()
+    return _difference("svd_pipeline_2stages", f"over {sizes.mode_devices}", difference, device,
+                       "tiny SVD, 2 videos, 4 euler_ancestral steps")

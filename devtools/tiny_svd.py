@@ -20,8 +20,9 @@ TINY_SVD_UNET_CONFIG = dict(
 )
 
 
-def tiny_svd_model(seed: int = 0, **overrides):
-    """A ModelPatcher over ComfyUI's SVD_img2vid with the tiny config and seeded random weights."""
+def tiny_svd_model(seed: int = 0, load_device: torch.device = torch.device("cpu"), **overrides):
+    """A ModelPatcher over ComfyUI's SVD_img2vid with the tiny config and seeded random weights (float32),
+    loaded by ComfyUI on `load_device`."""
     comfy_on_path()
     import comfy.model_patcher
     import comfy.supported_models
@@ -30,7 +31,7 @@ def tiny_svd_model(seed: int = 0, **overrides):
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({})
     random_init_(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=torch.device("cpu"))
 
 
 def tiny_svd_conditioning(frames: int = 3, height: int = 64, width: int = 64, context_dim: int = 64, seed: int = 1):

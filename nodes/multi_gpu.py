@@ -21,7 +21,9 @@ def parallel_inputs() -> dict:
             "speeds up one video. auto: chosen from the model size and free memory."}),
         "gpu_ids": ("STRING", {"default": "0,1", "tooltip":
             "Devices to use: '0,1', 'cuda:0,cuda:1', 'all', or 'cpu,cpu' to simulate several devices on the CPU. "
-            "The first one is the main device (inputs, embeddings, head)."}),
+            "The first one is the main device (inputs, embeddings, head). A GPU named twice ('0,0') is shared "
+            "by data_parallel / block_distribution (each entry gets half its free memory); distributed needs "
+            "distinct GPUs."}),
         "enable_block_distribution": ("BOOLEAN", {"default": False, "tooltip":
             "Kept for workflows written for the original guide: true means parallelism_type block_distribution."}),
         "memory_reserve_gb": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip":

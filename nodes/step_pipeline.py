@@ -11,7 +11,8 @@ _MEASURED: dict[tuple, list[float]] = {}  # per-step seconds measured by earlier
 SAMPLER_TOOLTIP = ("ComfyUI's sampler. Only samplers whose state can be carried between stages run: "
                    + ", ".join(SPLITTABLE_SAMPLERS) + ".")
 GPU_IDS_TOOLTIP = ("One pipeline stage per device: '0,1', 'cuda:0,cuda:1', 'all', or 'cpu,cpu' to simulate stages "
-                   "as CPU processes.")
+                   "as CPU processes. A GPU named twice ('0,0') holds two stages (they pass the latents over gloo: "
+                   "NCCL takes one process per GPU).")
 
 
 def sample_videos(model, positive, negative, latent_image: dict, settings, gpu_ids: str, model_2=None,
