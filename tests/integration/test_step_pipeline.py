@@ -178,6 +178,25 @@ def test_start_end_and_leftover_noise_as_ksampler_advanced(wan):
     assert torch.equal(out["samples"], plain)
 
 
+def test_a_latent_noise_mask_is_sampled_as_ksampler_samples_it(wan):
+    """SetLatentNoiseMask's mask reaches every stage: only the masked half is resampled, as in KSampler."""
+    positive, negative = wan[3]
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1.0
+    start = {"samples": torch.randn(LATENT, generator=torch.Generator().manual_seed(8))}
+    latent = node("SetLatentNoiseMask").set_mask(start, mask)[0]
+    out, _ = StepPipelineSampler().sample(wan[2], "enable", SEED, STEPS, CFG, "euler_ancestral", "simple", positive,
+                                          negative, latent, 0, 10000, "disable", 2, "cpu,cpu", "even", "pipeline")
+    for n in range(2):
+        plain = node("KSampler").sample(wan[2], SEED + n, STEPS, CFG, "euler_ancestral", "simple", positive, negative,
+                                        latent)[0]["samples"]
+        assert torch.equal(out["samples"][n:n + 1], plain), f"video {n}"
+    unmasked = node("KSampler").sample(wan[2], SEED, STEPS, CFG, "euler_ancestral", "simple", positive, negative,
+                                       start)[0]["samples"]
+    assert not torch.equal(out["samples"][:1], unmasked), "the mask changed nothing"
+    assert torch.equal(out["noise_mask"], latent["noise_mask"])
+
+
 @pytest.mark.parametrize("inputs,message", [
     ({"sampler_name": "dpmpp_2m"}, "sampler_name: 'dpmpp_2m'"),
     ({"boundary_step": 4}, "boundary_step: is 4"),
