@@ -13,30 +13,52 @@ one copy of the blocks between them, not N.
 
 `resident_bytes` measures what a rank holds from its tensors; `fsdp_device_bytes` and
 `plan_sharding` are the planning side (weights only, sizes from meta modules too).
+
+FSDP2 is imported where a worker shards, not when the pack loads: a torch before 2.6 lacks
+`torch.distributed.fsdp.fully_shard`, and there the pack still loads and weight_sharding fsdp is
+refused by name (`fsdp_missing`).
 """
+from __future__ import annotations
+
+import importlib
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, Shard
 
 from ..utils.errors import InputError
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Shard
 
 SHARDINGS = ("auto", "replicate", "fsdp")
 
 
+def fsdp_missing() -> str:
+    """Why this torch cannot shard with FSDP2, or "" when it can."""
+    for module, name in (("torch.distributed.fsdp", "fully_shard"), ("torch.distributed.tensor", "DTensor")):
+        try:
+            getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            return f"torch {torch.__version__} has no {module}.{name} (FSDP2, torch 2.6 or later): {exc}"
+    return ""
+
+
 def group_mesh(device: torch.device, world_size: int) -> DeviceMesh:
     """A 1-D device mesh over the whole default process group, on `device`'s type."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     return init_device_mesh(device.type, (world_size,))
 
 
 def placement_for(world_size: int):
     """shard_placement_fn: dim 0, except for a weight whose dim 0 is shorter than the group (Wan's
     [1, 6, dim] modulation): its longest evenly dividing dim, so it is split too, not left on one rank."""
+    from torch.distributed.tensor import Shard
+
     def placement(param: nn.Parameter) -> Shard:
         if param.shape[0] >= world_size:
             return Shard(0)
@@ -55,6 +77,8 @@ def shard_blocks(root: nn.Module, blocks: nn.ModuleList, mesh: DeviceMesh, devic
     on the meta device and given this rank's slices of that copy (`load_shards`), views where FSDP
     can keep them, so no private copy of the blocks is ever made. Returns the bytes kept as views.
     """
+    from torch.distributed.fsdp import fully_shard
+
     placement = placement_for(mesh.size())
     in_blocks = {id(p) for p in blocks.parameters()}
     viewed = 0
@@ -95,6 +119,8 @@ def load_shards(block: nn.Module, sources: Mapping[str, torch.Tensor]) -> int:
     in `sources` (by name, as before fully_shard). FSDP2 re-reads the local tensors after
     load_state_dict(assign=True): a contiguous slice of its padded size stays a view of `sources`,
     anything else (a padded last chunk, a non-dim-0 split) FSDP copies. Returns the bytes kept as views."""
+    from torch.distributed.tensor import DTensor
+
     shards, views = {}, {}
     for name, param in block.named_parameters():
         part = _rank_slice(sources[name], param)
@@ -118,7 +144,8 @@ def resident_bytes(modules: Iterable[nn.Module]) -> int:
     total = 0
     for module in modules:
         for tensor in module.parameters():
-            total += _tensor_bytes(tensor.to_local()) if isinstance(tensor, DTensor) else _tensor_bytes(tensor)
+            local = getattr(tensor, "to_local", None)  # a DTensor's shard (no FSDP import for plain models)
+            total += _tensor_bytes(local() if local is not None else tensor)
         state = getattr(module, "_get_fsdp_state", None)
         group = state()._fsdp_param_group if state is not None else None
         for fsdp_param in group.fsdp_params if group is not None else []:

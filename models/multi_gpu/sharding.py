@@ -14,7 +14,8 @@ import torch
 from ...parallel.devices import free_bytes_each
 from ...parallel.plan import gib, module_bytes
 from ...parallel.shared_weights import return_freed_memory
-from ...parallel.sharding import ShardingPlan, group_mesh, plan_sharding, resident_bytes, shard_blocks
+from ...parallel.sharding import (ShardingPlan, fsdp_missing, group_mesh, plan_sharding, resident_bytes,
+                                 shard_blocks)
 from ...utils.errors import InputError
 from ..wan.family import wan_blocks
 
@@ -40,6 +41,10 @@ def resolve_sharding(diffusion_model, mode: str, devices: list, reserve: int, sh
     free = min(free_bytes_each(devices))
     plan = wan_sharding_plan(diffusion_model, ranks, free, reserve, sharding)
     reason = f"{plan.sharding}: {gib(plan.device_bytes)} of weights per device, {gib(plan.capacity)} free after the reserve"
+    missing = fsdp_missing() if plan.sharding == SHARDED else ""
+    if missing:
+        raise InputError("weight_sharding", f"{sharding} needs fsdp here ({reason}), but {missing}",
+                         "replicate with devices that hold the whole model, or a newer torch")
     return plan.sharding, reason
 
 

@@ -1,8 +1,10 @@
 """parallel/sharding.py: FSDP2 block sharding in real gloo worker groups, and the sharding plan."""
+import sys
+
 import pytest
 import torch
 
-from comfyui_parallel.parallel.sharding import fsdp_device_bytes, placement_for, plan_sharding
+from comfyui_parallel.parallel.sharding import fsdp_device_bytes, fsdp_missing, placement_for, plan_sharding
 from comfyui_parallel.parallel.shared_weights import share_state_dict
 from comfyui_parallel.utils.errors import InputError
 from sharding_fns import build
@@ -62,3 +64,9 @@ def test_auto_replicates_when_a_replica_fits_else_shards():
     assert plan_sharding([100] * 10, 50, 2, free=100, reserve=0, sharding="replicate").fits is False
     with pytest.raises(InputError, match="weight_sharding"):
         plan_sharding([1], 0, 2, free=1, reserve=0, sharding="zero3")
+
+
+def test_a_torch_without_fsdp2_is_named(monkeypatch):
+    assert fsdp_missing() == ""
+    monkeypatch.setitem(sys.modules, "torch.distributed.fsdp", None)  # as on a torch before 2.6: import fails
+    assert fsdp_missing().startswith(f"torch {torch.__version__} has no torch.distributed.fsdp.fully_shard")
