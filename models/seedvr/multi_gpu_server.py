@@ -1,7 +1,8 @@
 """SeedVR over several devices, the caller's side: frame chunks spread over one worker per device.
 
 Runs in ComfyUI's server (or a test). The chunks of one upscale are independent (each draws its
-noise from seed + its index), so the DiT's and the VAE's weights go once into shared memory, the
+noise from seed + its index), so the DiT's and the VAE's weights go once into shared memory (the
+server's CPU weights become views of it: one copy on this machine), the
 worker group of these devices (kept in the pack's pool between prompts) gets a contiguous share of
 the chunks per worker (multi_gpu_worker.py), each worker runs the single-device pipeline on its
 share, and the decoded chunks come back to be merged here with the same temporal-overlap blend.
@@ -17,6 +18,7 @@ import torch
 
 from ...parallel.devices import storage_device
 from ...parallel.pool import POOL
+from ...parallel.shared_weights import move_into
 from ...utils.errors import Cancelled
 from ..comfy.patcher import weights_identity
 from ..comfy.workers import group_config
@@ -38,9 +40,16 @@ def share_chunks(count: int, workers: int) -> list[list[int]]:
     return [list(range(rank * count // workers, (rank + 1) * count // workers)) for rank in range(workers)]
 
 
+def _share(model: torch.nn.Module, key: tuple, owner: str):
+    """The module's weights in the pool's shared copy for `key`; its CPU tensors become views of that copy
+    (one copy on this machine while the workers are kept, not the server's plus the shared one)."""
+    weights = POOL.shared(key, owner, weights_identity(model), model.state_dict)
+    move_into(model, weights)
+    return weights
+
+
 def _job(model: SeedVRModel, key: tuple, prepared, settings: UpscaleSettings) -> dict:
-    dit_weights = POOL.shared(key, "dit", weights_identity(model.dit), model.dit.state_dict)
-    vae_weights = POOL.shared(key, "vae", weights_identity(model.vae), model.vae.state_dict)
+    dit_weights, vae_weights = _share(model.dit, key, "dit"), _share(model.vae, key, "vae")
     return {"dit_config": asdict(model.dit.cfg), "vae_config": asdict(model.vae.cfg),
             "dit": dit_weights, "vae": vae_weights, "variant": model.variant, "sampler": asdict(model.sampler),
             "blocks_to_swap": model.blocks_to_swap, "tiles": asdict(model.vae.tiles),

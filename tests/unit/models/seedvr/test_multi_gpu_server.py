@@ -53,6 +53,18 @@ def test_two_workers_equal_one_device_exactly_with_overlap_blend_and_progress(mo
     assert len(POOL.pids(FEATURE)) == 2
 
 
+def test_the_servers_weights_are_the_shared_copy_the_workers_read(model):
+    """One copy on the machine while the workers are kept: the server's DiT and VAE compute from it too."""
+    single, multi = _both(model, _frames(6))
+    key = pool_key(DEVICES, "")
+    for owner, module in (("dit", model.dit), ("vae", model.vae)):
+        shared = POOL.weights_of(key, owner).open()
+        held = dict(module.state_dict())
+        assert shared.keys() == held.keys() and all(held[n].data_ptr() == shared[n].data_ptr() for n in held), owner
+    assert torch.equal(multi, single) and torch.equal(upscale(model, _frames(6), _emb(4, 1), _emb(6, 2), SETTINGS),
+                                                      single)
+
+
 def test_fewer_chunks_than_workers_and_block_swap_in_the_workers(model):
     single, multi = _both(model, _frames(1))
     assert torch.equal(multi, single)
