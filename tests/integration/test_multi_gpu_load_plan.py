@@ -3,7 +3,7 @@ the main device's blocks stay with ComfyUI's own loading (its partial unload / l
 
 Runs on simulated devices with gpu_ids "cpu:1,cpu:2": the main device cpu:1 is not the host, so
 ComfyUI's offload device (cpu) really is elsewhere and its partial unload really moves weights.
-The free memory the planner reads is set per device (load_plan.free_bytes), as a GPU would report it.
+The free memory the planner reads is set per device (parallel.devices.free_bytes), as a GPU would report it.
 """
 import pytest
 import torch
@@ -14,6 +14,7 @@ import comfy.model_management  # noqa: E402
 from comfyui_parallel.models.multi_gpu import load_plan  # noqa: E402
 from comfyui_parallel.models.multi_gpu.patcher import placement_of  # noqa: E402
 from comfyui_parallel.models.multi_gpu.settings import MultiGPURequest, apply_multi_gpu, resolve  # noqa: E402
+from comfyui_parallel.parallel import devices  # noqa: E402
 from comfyui_parallel.parallel.plan import module_bytes  # noqa: E402
 
 LAYERS = 6
@@ -30,7 +31,7 @@ def reference():
 def free(monkeypatch):
     """Free bytes per device ("cpu:1", "cpu:2") as the planner reads them."""
     values = {}
-    monkeypatch.setattr(load_plan, "free_bytes", lambda device: values[str(torch.device(device))])
+    monkeypatch.setattr(devices, "free_bytes", lambda device: values[str(torch.device(device))])
     comfy.model_management.unload_all_models()
     return values
 

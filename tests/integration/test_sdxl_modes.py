@@ -2,7 +2,8 @@
 
 The tiny SD1.x checkpoint (devtools/demo_sd15.py) goes through comfy.sd's checkpoint loader in
 this process (single, data_parallel) and in worker processes (multi_process, with the weights
-shared from this process). The reference is single mode: ComfyUI's plain path.
+shared from this process). The reference is single mode: ComfyUI's plain path; every mode equals
+it exactly, but data_parallel (half batches) within one level of 255 in a few values.
 """
 import os
 import signal
@@ -54,11 +55,14 @@ def assert_consistent(folder) -> None:
         assert read_png_record(folder / line.file)["seed"] == line.seed
 
 
-def assert_matches(folder, reference: dict) -> None:
-    """A consistent dataset whose images equal the single-mode reference exactly."""
+def assert_matches(folder, reference: dict, levels: int = 0) -> None:
+    """A consistent dataset whose images equal the single-mode reference: exactly, or within `levels` of 255
+    in at most 0.1% of the values (a batch split in two rounds its matmuls differently in the last bits)."""
     assert_consistent(folder)
     got = images_of(folder)
-    assert all(np.array_equal(got[key], reference[key]) for key in reference)
+    for key in reference:
+        difference = np.abs(got[key] - reference[key])
+        assert difference.max() <= levels and (difference > 0).mean() <= 1e-3, (key, difference.max())
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +90,7 @@ def test_images_differ_by_seed_and_lora(reference, models_cache, tmp_path):
 def test_data_parallel_matches_single(reference, models_cache, tmp_path):
     run_job(make_job(models_cache, "data_parallel", ["cpu:0", "cpu:1"]), Dataset.open(tmp_path, False), TASKS,
             Reporter(len(TASKS)))
-    assert_matches(tmp_path, reference)
+    assert_matches(tmp_path, reference, levels=1)  # each replica samples 1 image of a batch of 2
 
 
 def test_multi_process_matches_single_with_shared_weights(reference, models_cache, tmp_path):
