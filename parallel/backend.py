@@ -6,8 +6,9 @@ the worker names its GPU to `init_process_group` (`device_id`) so NCCL binds it 
 worker joins plain gloo, and so does every rank of a group that names one GPU twice (NCCL takes
 one rank per GPU): its messages then travel on the CPU. The launcher decides for the whole group
 and tells each rank (COMFYUI_PARALLEL_BACKEND), so all ranks join the same. The group reports
-its backends per device type ("cpu:gloo,cuda:nccl"; plain gloo reads "cpu:gloo,cuda:gloo"), so the choice of message device reads that mapping,
-not the backend's name, and the CPU twin runs the same code.
+its backends per device type ("cpu:gloo,cuda:nccl"; plain gloo reads "cpu:gloo,cuda:gloo"), so
+the choice of message device reads that mapping, not the backend's name, and the CPU twin runs
+the same code.
 """
 import torch
 import torch.distributed as dist

@@ -41,7 +41,8 @@ def available_text() -> str:
     count = cuda_count()
     gpus = ", ".join(f"{i} ({torch.cuda.get_device_name(i)})" for i in range(count))
     gpu_part = f"GPU ids {gpus}" if count else "no CUDA GPU on this machine"
-    return f"{gpu_part}; 'all'; 'cpu', or 'cpu,cpu' (simulated devices on the CPU); comma-separated; a device named twice ('0,0') is shared by two ranks"
+    return (f"{gpu_part}; 'all'; 'cpu', or 'cpu,cpu' (simulated devices on the CPU); comma-separated; "
+            "a device named twice ('0,0') is shared by two ranks")
 
 
 def _parse_token(token: str, input_name: str) -> torch.device:

@@ -2,7 +2,8 @@
 
 On the CPU the host twins of CUDA streams, events and pinning run; every offloaded forward must
 equal the resident one exactly, the ledger's peak must be the plan, and each parallel mode
-(distributed with one gloo rank, the step pipeline's two stages as two CPU processes) must equal plain. Without CUDA, `main` measures and writes nothing and exits 0.
+(distributed with one gloo rank, the step pipeline's two stages as two CPU processes) must equal
+plain. Without CUDA, `main` measures and writes nothing and exits 0.
 """
 import sys
 
